@@ -11,7 +11,8 @@ class MediaError(Exception):
     def __init__(self, path: object, detail: str = "") -> None:
         self.path = str(path)
         self.detail = detail
-        super().__init__(f"{self.path}: {self.reason.replace('_', ' ')}" + (f" ({detail})" if detail else ""))
+        what = self.reason.replace("_", " ")
+        super().__init__(f"{self.path}: {what}" + (f" ({detail})" if detail else ""))
 
 
 class EmptyFile(MediaError):

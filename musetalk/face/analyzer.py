@@ -92,7 +92,8 @@ def check_frame(frame: np.ndarray) -> np.ndarray:
     arr = np.asarray(frame)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(
-            f"expected an RGB uint8 frame of shape (H, W, 3), got dtype {arr.dtype} shape {arr.shape}"
+            f"expected an RGB uint8 frame of shape (H, W, 3), "
+            f"got dtype {arr.dtype} shape {arr.shape}"
         )
     return np.ascontiguousarray(arr)
 
