@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev
+EXTRAS ?= dev,dwpose,fan
 
 .PHONY: setup test lint format preprocess clean
 
@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, exactly pinned (the CPU wheel); then the project, which pins the same version.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	# face-alignment pulls opencv-python (needs libGL); put the headless build's files back.
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps "opencv-python-headless==$$($(BIN)/python -m pip show opencv-python-headless | sed -n 's/^Version: //p')"
 	touch $@
 
 setup: $(STAMP)

@@ -1,0 +1,86 @@
+"""Input listing and the deterministic assignment of sources to shards.
+
+An input is a video file, a directory (searched recursively for video files), or a list file:
+`.txt` with one video per line, or `.csv` with a `video` column and an optional `audio` column
+(a separate audio track for a video without sound). Relative paths in a list file are relative
+to the list file. The order is sorted, so the same input always gives the same shards.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".wmv"}
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input video. `audio` is a separate audio file, or None to use the video's track."""
+
+    video: str
+    audio: str | None = None
+
+    @property
+    def source_id(self) -> str:
+        """A stable id without dots: the file stem (sanitised) + 8 hex of the path's hash."""
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(self.video).stem)[:40].strip("_") or "video"
+        digest = hashlib.sha1(f"{self.video}|{self.audio or ''}".encode()).hexdigest()[:8]
+        return f"{stem}-{digest}"
+
+
+def list_sources(input_path: str | Path) -> list[Source]:
+    """The sources of an input (file, directory, .txt or .csv list), sorted and de-duplicated."""
+    path = Path(input_path)
+    if not path.exists():
+        raise FileNotFoundError(f"input {str(input_path)!r} does not exist")
+    if path.is_dir():
+        found = [
+            Source(str(p))
+            for p in path.rglob("*")
+            if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
+        ]
+    elif path.suffix.lower() == ".csv":
+        found = _read_csv(path)
+    elif path.suffix.lower() == ".txt":
+        found = [
+            Source(_resolve(line.strip(), path))
+            for line in path.read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+    else:
+        found = [Source(str(path))]
+    return sorted(set(found), key=lambda s: (s.video, s.audio or ""))
+
+
+def _resolve(entry: str, list_file: Path) -> str:
+    if "://" in entry or Path(entry).is_absolute():
+        return entry
+    return str(list_file.parent / entry)
+
+
+def _read_csv(path: Path) -> list[Source]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "video" not in reader.fieldnames:
+            raise ValueError(f"{path}: a csv input needs a 'video' column (and optionally 'audio')")
+        return [
+            Source(
+                _resolve(row["video"].strip(), path),
+                _resolve(row["audio"].strip(), path) if (row.get("audio") or "").strip() else None,
+            )
+            for row in reader
+            if (row.get("video") or "").strip()
+        ]
+
+
+def assign_shards(sources: list[Source], sources_per_shard: int) -> list[list[Source]]:
+    """Consecutive groups of `sources_per_shard` sorted sources; group i is shard i."""
+    if sources_per_shard < 1:
+        raise ValueError(f"sources_per_shard must be >= 1, got {sources_per_shard}")
+    return [sources[i : i + sources_per_shard] for i in range(0, len(sources), sources_per_shard)]
