@@ -7,7 +7,8 @@ block 0 (top-left) is a red orientation marker, blocks 1..15 are the bits of the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -84,6 +85,22 @@ def write_video(
     fps: int = 30,
     pts_ms: Sequence[int] | None = None,
     size: tuple[int, int] = (64, 48),
+    **kwargs,
+) -> Path:
+    """Write pattern frames 0..n-1 (size = (W, H)) at `fps`, or at `pts_ms` (VFR, ms).
+
+    Other keyword arguments as `write_frames`.
+    """
+    count = len(pts_ms) if pts_ms is not None else n_frames
+    frames = (pattern_frame(i, *size) for i in range(count))
+    return write_frames(path, frames, fps=fps, pts_ms=pts_ms, **kwargs)
+
+
+def write_frames(
+    path: Path,
+    frames: Iterable[np.ndarray],
+    fps: int = 30,
+    pts_ms: Sequence[int] | None = None,
     rotation: int | None = None,
     codec: str = "libx264",
     audio: np.ndarray | None = None,
@@ -93,14 +110,16 @@ def write_video(
     faststart: bool = False,
     gop: int | None = None,
 ) -> Path:
-    """Write pattern frames 0..n-1 (size = (W, H)) at `fps`, or at `pts_ms` (VFR, ms).
+    """Write RGB uint8 frames (all the same even size) at `fps`, or at `pts_ms` (VFR, ms).
 
     rotation: display-matrix rotation in counter-clockwise degrees (as FFmpeg reports it).
     audio: optional mono float track, its first sample at `audio_start` s; video frames start
     at `video_start` s. Container chosen by the suffix (.mp4, .mkv, .webm, ...). gop: keyframe
     interval in frames (more keyframes make seeking matter).
     """
-    width, height = size
+    frames = iter(frames)
+    first = next(frames)
+    height, width = first.shape[:2]
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
         opts = {"crf": "12"} if codec == "libx264" else {}
@@ -118,9 +137,9 @@ def write_video(
         if audio is not None:
             astream = container.add_stream("aac", rate=sr, layout="mono")
         offset = round(video_start / tb)
-        times = list(pts_ms) if pts_ms is not None else list(range(n_frames))
-        for i, t in enumerate(times):
-            frame = av.VideoFrame.from_ndarray(pattern_frame(i, width, height), format="rgb24")
+        times = iter(pts_ms) if pts_ms is not None else itertools.count()
+        for image, t in zip(itertools.chain([first], frames), times, strict=False):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             frame.pts = t + offset
             frame.time_base = tb
             container.mux(stream.encode(frame))
@@ -148,7 +167,7 @@ def write_audio(
     if path.suffix == ".wav":
         sf.write(str(path), data, sr, subtype="PCM_16")
         return path
-    codec = {".mp3": "libmp3lame", ".m4a": "aac", ".ogg": "libopus"}[path.suffix]
+    codec = {".mp3": "libmp3lame", ".m4a": "aac", ".mp4": "aac", ".ogg": "libopus"}[path.suffix]
     layout = "mono" if channels == 1 else "stereo"
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=sr, layout=layout)

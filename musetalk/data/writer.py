@@ -66,10 +66,10 @@ class Output:
     def write_json(self, name: str, obj: Any) -> None:
         self.write_bytes(name, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
-    def remove_leftovers(self, prefix: str) -> list[str]:
-        """Delete temp files and unfinished shards whose names start with `prefix`."""
+    def remove_matching(self, pattern: str) -> list[str]:
+        """Delete the files matching a glob pattern (leftovers of an interrupted run)."""
         removed = []
-        for path in self.fs.glob(self.path(f"{prefix}*")):
+        for path in self.fs.glob(self.path(pattern)):
             self.fs.rm(path)
             removed.append(Path(path).name)
         return removed

@@ -49,7 +49,10 @@ class FaceAnalyzer:
     """Base class of the backends: `detect` + `landmarks`, and `__call__` over frames.
 
     Subclasses set `name`, implement `detect` and `landmarks`, and report their settings in
-    `settings` (recorded in every shard so a dataset says how its landmarks were made).
+    `settings` (recorded in every shard so a dataset says how its landmarks were made). They
+    may override `analyze` when their detector knows more than a box (the dlib backend fits
+    faces found in rotated scans in an upright copy). `musetalk.face.tracking.FaceTracker`
+    uses `analyze` on key frames, `landmarks` to follow faces and `detect` on small crops.
     """
 
     name: str = "base"
@@ -98,10 +101,23 @@ def check_frame(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes; 0 when either is empty."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    area_a = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
+    area_b = max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+    union = area_a + area_b - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
 # name -> "module:attribute" of a FaceAnalyzer subclass; imported lazily so optional backends
 # (and their heavy dependencies) are only loaded when asked for.
 BACKENDS: dict[str, str] = {
     "dlib": "musetalk.face.backends.dlib_backend:DlibAnalyzer",
+    "dwpose": "musetalk.face.backends.dwpose:DWPoseAnalyzer",
+    "fan": "musetalk.face.backends.fan:FanAnalyzer",
 }
 DEFAULT_BACKEND = "dlib"
 

@@ -16,7 +16,7 @@ Conventions (see README "Region conventions"):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -257,3 +257,62 @@ def crop(frame: np.ndarray, box: object, size: int = 256) -> np.ndarray:
         raise ValueError(f"frame must be (H, W, C), got shape {frame.shape}")
     x1, y1, x2, y2 = pixel_rect(box, frame.shape[:2])
     return cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LANCZOS4)
+
+
+def context_rect(
+    det_box: object,
+    landmarks: object,
+    frame_size: tuple[int, int],
+    shift_support: float = 1.0,
+    bottom_margin: float = 20.0,
+    context: float = 0.15,
+) -> tuple[int, int, int, int]:
+    """Integer frame rectangle stored around a training face (the "context crop").
+
+    It covers the detector box, the training box, the inference box for every bbox_shift within
+    +-shift_support nose lengths and `bottom_margin` pixels below the landmarks, and is then
+    grown by `context` of its width/height on every side and clipped to the frame, so training
+    can re-derive any of those boxes from the stored crop with the functions of this module.
+    frame_size: (height, width).
+    """
+    det = as_box(det_box)
+    lms = as_landmarks(landmarks)
+    y_max = lms[:, 1].max()
+    length = max(nose_length(lms), 1.0)
+    top_shifted = 2.0 * (lms[29, 1] - shift_support * length) - y_max
+    x1 = min(det[0], lms[:, 0].min())
+    x2 = max(det[2], lms[:, 0].max())
+    y1 = min(det[1], lms[:, 1].min(), top_shifted)
+    y2 = max(det[3], y_max + bottom_margin)
+    w, h = x2 - x1, y2 - y1
+    grown = (x1 - context * w, y1 - context * h, x2 + context * w, y2 + context * h)
+    return pixel_rect(grown, frame_size)
+
+
+def crop_scale(box: object, size: int = 256) -> float:
+    """Scale (<= 1) at which the box's shorter side becomes `size` pixels.
+
+    Storing a context crop at this scale means the size x size training crop of that box is
+    never upsampled when the source has the pixels.
+    """
+    x1, y1, x2, y2 = as_box(box)
+    short = min(x2 - x1, y2 - y1)
+    if short <= 0:
+        raise ValueError(f"box {(x1, y1, x2, y2)} has no area")
+    return min(1.0, size / short)
+
+
+def points_to_crop(points: object, rect: Sequence[int], crop_size: Sequence[int]) -> np.ndarray:
+    """Map (..., 2) frame-pixel points into a stored crop of frame `rect` resized to crop_size.
+
+    rect: (x1, y1, x2, y2) integer frame rectangle; crop_size: (width, height) of the crop.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    x1, y1, x2, y2 = rect
+    scale = np.array([crop_size[0] / (x2 - x1), crop_size[1] / (y2 - y1)])
+    return (pts - np.array([x1, y1], dtype=np.float64)) * scale
+
+
+def box_to_crop(box: object, rect: Sequence[int], crop_size: Sequence[int]) -> np.ndarray:
+    """Map a frame box (x1, y1, x2, y2) into a stored crop; see `points_to_crop`."""
+    return points_to_crop(as_box(box).reshape(2, 2), rect, crop_size).reshape(4)

@@ -1,0 +1,310 @@
+"""One source video -> samples: continuous tracks of the main face, with crops, audio, facts.
+
+Frames are decoded, tracked and cropped as they stream by; only the current sample's JPEG crops
+are held in memory. A frame without a usable face (none, too small, or several faces of similar
+size) ends the current sample instead of invalidating the source; runs shorter than
+`min_frames` are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from musetalk.audio import audio_for_frames, load_audio
+from musetalk.data.schema import (
+    FPS,
+    LANDMARK_CONVENTION,
+    REGION_VERSION,
+    SAMPLES_PER_FRAME,
+    SCHEMA_VERSION,
+    frame_member,
+)
+from musetalk.data.sources import Source
+from musetalk.data.writer import encode_npy, encode_wav
+from musetalk.face import region as R
+from musetalk.face.tracking import FaceTracker, TrackedFace
+from musetalk.video import VideoReader
+
+# Frame-level reasons a frame is not in any sample.
+NO_FACE = "no_face"
+FACE_TOO_SMALL = "face_too_small"
+SEVERAL_FACES = "several_faces"
+SHORT_TRACK = "short_track"
+NO_AUDIO_LEFT = "past_audio_end"
+TOO_SHORT = "too_short"  # the whole source is shorter than min_frames
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """How samples are cut and stored.
+
+    max_frames / min_frames: sample length bounds in 25 fps frames.
+    min_face_size: smallest usable face, shorter side of the detector box in source pixels.
+    multi_face_ratio: a second face with area >= this x the largest face's makes the frame
+        ambiguous (several faces): it ends the sample. Smaller faces (background) are ignored.
+    crop_size: training crop side; stored crops keep the training box's shorter side at this
+        many pixels when the source has them (never upsampled, never needlessly large).
+    jpeg_quality: of the stored crops (OpenCV scale 0-100).
+    shift_support, bottom_margin, context: extent of the stored context crop, see
+        `musetalk.face.region.context_rect`.
+    """
+
+    max_frames: int = 250
+    min_frames: int = 25
+    min_face_size: float = 64.0
+    multi_face_ratio: float = 0.5
+    crop_size: int = 256
+    jpeg_quality: int = 90
+    shift_support: float = 1.0
+    bottom_margin: float = 20.0
+    context: float = 0.15
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_frames <= self.max_frames:
+            raise ValueError(
+                f"need 1 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}"
+            )
+        if not 0 < self.multi_face_ratio <= 1:
+            raise ValueError(f"multi_face_ratio must be in (0, 1], got {self.multi_face_ratio}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+
+
+@dataclass
+class SampleData:
+    """A finished sample: its key and members (suffix -> bytes), and its json facts."""
+
+    key: str
+    members: dict[str, bytes]
+    meta: dict[str, Any]
+
+
+@dataclass
+class SourceReport:
+    """What happened to one source: `status` ok, partial (error after samples) or skipped."""
+
+    video: str
+    audio: str | None
+    source_id: str
+    status: str = "ok"
+    reason: str | None = None
+    detail: str | None = None
+    samples: list[str] = field(default_factory=list)
+    frames_decoded: int = 0
+    frames_with_face: int = 0
+    frames_in_samples: int = 0
+    frames_dropped: Counter = field(default_factory=Counter)
+    max_faces_in_frame: int = 0
+    source_fps: float | None = None
+    rotation: int | None = None
+    resampled: bool = False
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["frames_dropped"] = dict(self.frames_dropped)
+        return out
+
+
+@dataclass
+class _Frame:
+    index: int
+    face: TrackedFace
+    rect: tuple[int, int, int, int]
+    crop_size: tuple[int, int]
+    jpeg: bytes
+
+
+def usable_face(
+    faces: list[TrackedFace], options: SampleOptions
+) -> tuple[TrackedFace | None, str | None]:
+    """The frame's face for a sample, or None with the reason (no face, too small, several)."""
+    if not faces:
+        return None, NO_FACE
+    ordered = sorted(faces, key=lambda f: -f.face.area)
+    main = ordered[0]
+    if len(ordered) > 1 and ordered[1].face.area >= options.multi_face_ratio * main.face.area:
+        return None, SEVERAL_FACES
+    x1, y1, x2, y2 = main.face.box
+    if min(x2 - x1, y2 - y1) < options.min_face_size:
+        return None, FACE_TOO_SMALL
+    return main, None
+
+
+def encode_crop(
+    frame: np.ndarray, face: TrackedFace, options: SampleOptions
+) -> tuple[tuple[int, int, int, int], tuple[int, int], bytes]:
+    """Context crop of one frame: (rect in frame px, (width, height) stored, JPEG bytes)."""
+    lms, det = face.face.landmarks, face.face.box
+    rect = R.context_rect(
+        det,
+        lms,
+        frame.shape[:2],
+        shift_support=options.shift_support,
+        bottom_margin=options.bottom_margin,
+        context=options.context,
+    )
+    scale = R.crop_scale(R.training_box(det, lms), options.crop_size)
+    x1, y1, x2, y2 = rect
+    size = (max(1, round((x2 - x1) * scale)), max(1, round((y2 - y1) * scale)))
+    region = frame[y1:y2, x1:x2]
+    if size != (x2 - x1, y2 - y1):
+        region = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(
+        ".jpg", region[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]
+    )
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return rect, size, buf.tobytes()
+
+
+class SourceProcessor:
+    """Turns one source into samples; iterate `samples()`, then read `report`.
+
+    tracker: a FaceTracker (reset here); face_info: backend name/version/settings recorded in
+    every sample; features: optional callable audio (N,) -> Whisper features (T50, 5, 384).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        tracker: FaceTracker,
+        options: SampleOptions,
+        face_info: dict[str, Any],
+        features: Callable[[np.ndarray], np.ndarray] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.tracker = tracker
+        self.options = options
+        self.face_info = face_info
+        self.features = features
+        self.progress = progress
+        self.report = SourceReport(source.video, source.audio, source.source_id)
+
+    def samples(self) -> Iterator[SampleData]:
+        """Decode, track and cut the source; yields finished samples in frame order.
+
+        Media errors propagate (the caller records them); samples yielded before an error are
+        complete and valid.
+        """
+        reader = VideoReader(self.source.video, fps=FPS)
+        info = self.report
+        info.source_fps = round(reader.info.fps, 3)
+        info.rotation = reader.info.rotation
+        info.resampled = abs(reader.info.fps - FPS) > 1e-3 or reader.info.is_vfr
+        if len(reader) < self.options.min_frames:
+            info.status, info.reason = "skipped", TOO_SHORT
+            info.detail = f"{len(reader)} frames at 25 fps < min_frames {self.options.min_frames}"
+            return
+        audio = load_audio(self.source.audio or self.source.video)
+        audio_frames = len(audio) // SAMPLES_PER_FRAME
+        self.tracker.reset()
+        self.frame_size = (reader.info.height, reader.info.width)
+        run: list[_Frame] = []
+        for index, frame in reader.frames():
+            info.frames_decoded += 1
+            if self.progress is not None:
+                self.progress(1)
+            faces = self.tracker.update(frame)
+            info.max_faces_in_frame = max(info.max_faces_in_frame, len(faces))
+            face, reason = usable_face(faces, self.options)
+            if face is not None:
+                info.frames_with_face += 1
+            if face is not None and index >= audio_frames:
+                face, reason = None, NO_AUDIO_LEFT
+            if run and (face is None or face.track_id != run[-1].face.track_id):
+                yield from self._flush(run, audio)
+                run = []
+            if face is None:
+                info.frames_dropped[reason] += 1
+                continue
+            rect, size, jpeg = encode_crop(frame, face, self.options)
+            run.append(_Frame(index, face, rect, size, jpeg))
+            if len(run) == self.options.max_frames:
+                yield from self._flush(run, audio)
+                run = []
+        yield from self._flush(run, audio)
+        if not info.samples:
+            info.status = "skipped"
+            info.reason = self._skip_reason()
+
+    def _skip_reason(self) -> str:
+        dropped = self.report.frames_dropped
+        if not dropped:
+            return "no_frames"
+        if self.report.frames_with_face == 0:
+            # no usable face anywhere: the most common frame-level reason names it
+            return max((NO_FACE, FACE_TOO_SMALL, SEVERAL_FACES), key=lambda r: dropped[r])
+        return max(dropped, key=lambda r: dropped[r])
+
+    def _flush(self, run: list[_Frame], audio: np.ndarray) -> Iterator[SampleData]:
+        if not run:
+            return
+        if len(run) < self.options.min_frames:
+            self.report.frames_dropped[SHORT_TRACK] += len(run)
+            return
+        sample = self._build(run, audio)
+        self.report.samples.append(sample.key)
+        self.report.frames_in_samples += len(run)
+        yield sample
+
+    def _build(self, run: list[_Frame], audio: np.ndarray) -> SampleData:
+        start = run[0].index
+        key = f"{self.source.source_id}_t{run[0].face.track_id}_{start:06d}"
+        wav = audio_for_frames(audio, start, len(run), fps=FPS)
+        lms = np.stack([f.face.face.landmarks for f in run])
+        det = np.stack([f.face.face.box for f in run])
+        train = np.stack([R.training_box(d, lm) for d, lm in zip(det, lms, strict=True)])
+        bound = (train[:, 1] + train[:, 3]) / 2.0
+        shift = bound - lms[:, 29, 1]
+        norm = [R.normalized_shift(s, lm) for s, lm in zip(shift, lms, strict=True)]
+        meta: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "region_version": REGION_VERSION,
+            "key": key,
+            "source": self.source.video,
+            "audio_source": self.source.audio,
+            "source_id": self.source.source_id,
+            "track_id": run[0].face.track_id,
+            "fps": FPS,
+            "num_frames": len(run),
+            "frame_index": [f.index for f in run],
+            "source_size": list(self.frame_size),
+            "source_fps": self.report.source_fps,
+            "rotation": self.report.rotation,
+            "landmark_convention": LANDMARK_CONVENTION,
+            "landmarks": _round(lms, 2),
+            "det_box": _round(det, 2),
+            "det_score": _round(np.array([f.face.face.score for f in run]), 4),
+            "training_box": _round(train, 2),
+            "mask_upper_bound": _round(bound, 2),
+            "nearest_nose_landmark": [
+                R.nearest_nose_landmark(b, lm) for b, lm in zip(bound, lms, strict=True)
+            ],
+            "equivalent_shift": _round(shift, 3),
+            "equivalent_shift_norm": [None if v is None else round(v, 5) for v in norm],
+            "nose_length": _round(lms[:, 30, 1] - lms[:, R.NOSE_TOP, 1], 3),
+            "detected": [bool(f.face.detected) for f in run],
+            "crop_rect": [list(f.rect) for f in run],
+            "crop_size": [list(f.crop_size) for f in run],
+            "audio": {"sample_rate": SAMPLES_PER_FRAME * FPS, "num_samples": int(len(wav))},
+            "face": self.face_info,
+        }
+        members = {"json": json.dumps(meta, separators=(",", ":")).encode(), "wav": encode_wav(wav)}
+        for i, f in enumerate(run):
+            members[frame_member(i)] = f.jpeg
+        if self.features is not None:
+            members["whisper.npy"] = encode_npy(self.features(wav).astype(np.float16))
+        return SampleData(key, members, meta)
+
+
+def _round(arr: np.ndarray, decimals: int) -> list:
+    return np.round(np.asarray(arr, dtype=np.float64), decimals).tolist()

@@ -1,0 +1,302 @@
+"""Preprocessing end to end: real video, every bad-input kind, resume after SIGKILL, Ray."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import soundfile as sf
+import synth
+
+from musetalk.audio import load_audio
+from musetalk.data.preprocess import PreprocessConfig, preprocess
+from musetalk.data.reader import iter_samples
+from musetalk.data.samples import SampleOptions
+from musetalk.face import region as R
+from musetalk.video import iter_frames, probe
+
+REPO = Path(__file__).resolve().parents[1]
+SECONDS = 3  # length of the synthesised clips
+
+
+def run_config(input_path, output, **over) -> PreprocessConfig:
+    values = {"input": str(input_path), "output": str(output), "workers": 1, "progress": False}
+    values.update(over)
+    return PreprocessConfig(**values)
+
+
+def tar_digest(output: Path) -> dict[str, list[tuple[str, str]]]:
+    """tar name -> [(member, sha1)], the byte-level content of a dataset's shards."""
+    digest = {}
+    for path in sorted(output.glob("*.tar")):
+        with tarfile.open(path) as tar:
+            digest[path.name] = [
+                (m.name, hashlib.sha1(tar.extractfile(m).read()).hexdigest()) for m in tar
+            ]
+    return digest
+
+
+@pytest.fixture(scope="module")
+def face_frames(shared_data) -> list[np.ndarray]:
+    """3 s of the real talking video at 360x640 (face ~75 px wide): fast but real."""
+    return [
+        cv2.resize(f, (360, 640), interpolation=cv2.INTER_AREA)
+        for _, f in iter_frames(shared_data / "talking_demo1.mp4", end=25 * SECONDS)
+    ]
+
+
+@pytest.fixture(scope="module")
+def speech(shared_data) -> np.ndarray:
+    return load_audio(shared_data / "talking_demo1.mp4")[: 16000 * SECONDS]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory, face_frames, speech) -> Path:
+    """A directory with one source of every kind preprocessing must handle."""
+    d = tmp_path_factory.mktemp("zoo")
+    synth.write_frames(d / "good.mp4", face_frames, fps=25, audio=speech)
+    # the same 3 s shown at 30 and 60 fps (frames repeated to fill the time)
+    for fps in (30, 60):
+        idx = (np.arange(fps * SECONDS) * 25 // fps).tolist()
+        synth.write_frames(d / f"fps{fps}.mp4", [face_frames[i] for i in idx], fps, audio=speech)
+    # variable frame rate: irregular timestamps 20-60 ms apart
+    rng = np.random.default_rng(0)
+    pts = np.cumsum(rng.integers(20, 61, size=80)).tolist()
+    pts = [0] + [p for p in pts if p < 1000 * SECONDS][:-1]
+    vfr = [face_frames[min(len(face_frames) - 1, p * 25 // 1000)] for p in pts]
+    synth.write_frames(d / "vfr.mp4", vfr, pts_ms=pts, audio=speech)
+    # stored landscape with a display matrix that turns it upright
+    stored = [np.ascontiguousarray(np.rot90(f, 1)) for f in face_frames]
+    synth.write_frames(d / "rotated.mp4", stored, 25, rotation=-90, audio=speech)
+    (d / "zero.mp4").write_bytes(b"")
+    synth.truncate(d / "good.mp4", d / "truncated.mp4", 0.5)
+    (d / "notvideo.mp4").write_text("this is not a video\n" * 50)
+    synth.write_frames(d / "noaudio.mp4", face_frames, 25)
+    synth.write_audio(d / "audioonly.mp4", speech)
+    synth.write_frames(d / "short.mp4", face_frames[:15], 25, audio=speech[: 16000 * 15 // 25])
+    noise = [rng.integers(0, 256, (640, 360, 3), dtype=np.uint8) for _ in range(40)]
+    synth.write_frames(d / "noface.mp4", noise, 25, audio=speech[: 16000 * 40 // 25])
+    two = [np.concatenate([f, f[:, ::-1]], axis=1) for f in face_frames[:40]]
+    synth.write_frames(d / "twofaces.mp4", two, 25, audio=speech[: 16000 * 40 // 25])
+    tiny = [cv2.resize(f, (180, 320), interpolation=cv2.INTER_AREA) for f in face_frames[:40]]
+    synth.write_frames(d / "small.mp4", tiny, 25, audio=speech[: 16000 * 40 // 25])
+    # a faceless stretch in the middle: two samples instead of a lost source
+    gap = face_frames[:40] + noise[:10] + face_frames[40:75]
+    synth.write_frames(d / "gap.mp4", gap, 25, audio=np.tile(speech, 2)[: 16000 * 85 // 25])
+    return d
+
+
+@pytest.fixture(scope="module")
+def zoo_run(zoo, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("zoo_out")
+    summary = preprocess(run_config(zoo, out, workers=2, sources_per_shard=3))
+    return out, summary
+
+
+def manifest(out: Path) -> dict[str, dict]:
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    return {Path(r["video"]).name: r for r in rows}
+
+
+EXPECTED = {
+    "good.mp4": ("ok", None),
+    "fps30.mp4": ("ok", None),
+    "fps60.mp4": ("ok", None),
+    "vfr.mp4": ("ok", None),
+    "rotated.mp4": ("ok", None),
+    "gap.mp4": ("ok", None),
+    "zero.mp4": ("skipped", "zero_bytes"),
+    "truncated.mp4": ("skipped", "truncated"),
+    "notvideo.mp4": ("skipped", "not_a_video"),
+    "noaudio.mp4": ("skipped", "no_audio"),
+    "audioonly.mp4": ("skipped", "audio_only"),
+    "short.mp4": ("skipped", "too_short"),
+    "noface.mp4": ("skipped", "no_face"),
+    "twofaces.mp4": ("skipped", "several_faces"),
+    "small.mp4": ("skipped", "face_too_small"),
+}
+
+
+def test_every_source_processed_or_skipped_with_reason(zoo, zoo_run):
+    out, summary = zoo_run
+    rows = manifest(out)
+    assert {name: (r["status"], r["reason"]) for name, r in rows.items()} == EXPECTED
+    # 30/60 fps, VFR and rotated inputs are resampled/rotated to 25 fps, all frames kept
+    for name in ("good.mp4", "fps30.mp4", "fps60.mp4", "rotated.mp4"):
+        assert rows[name]["frames_decoded"] == 25 * SECONDS, name
+    for name in ("good.mp4", "fps30.mp4", "fps60.mp4", "vfr.mp4", "rotated.mp4"):
+        assert rows[name]["frames_in_samples"] == probe(zoo / name).num_frames, name
+    assert rows["fps60.mp4"]["resampled"] and not rows["good.mp4"]["resampled"]
+    assert rows["rotated.mp4"]["rotation"] == -90
+    # the faceless stretch splits the clip into two samples; its frames are counted as dropped
+    assert len(rows["gap.mp4"]["samples"]) == 2
+    assert rows["gap.mp4"]["frames_dropped"] == {"no_face": 10}
+    skipped = {reason: 1 for status, reason in EXPECTED.values() if status == "skipped"}
+    assert summary["sources_skipped"] == skipped
+    assert summary["sources_ok"] == 6 and summary["samples"] == 7
+    assert json.loads((out / "stats.json").read_text())["samples"] == 7
+
+
+def test_samples_round_trip_through_reader(zoo_run, face_frames):
+    out, summary = zoo_run
+    samples = {s.key: s for s in iter_samples(out)}
+    assert len(samples) == summary["samples"]
+    frames_total = 0
+    for s in samples.values():
+        m = s.meta
+        T = m["num_frames"]
+        frames_total += T
+        assert "." not in s.key and m["key"] == s.key
+        assert m["fps"] == 25 and len(s.frames) == T and len(m["frame_index"]) == T
+        assert np.all(np.diff(m["frame_index"]) == 1)  # one continuous track
+        assert len(s.audio) == T * 640  # exactly T/25 s at 16 kHz
+        assert np.asarray(m["landmarks"]).shape == (T, 68, 2)
+        for name in ("det_box", "training_box", "crop_rect"):
+            assert np.asarray(m[name]).shape == (T, 4), name
+        for t in range(T):
+            lms, det = np.asarray(m["landmarks"][t]), m["det_box"][t]
+            np.testing.assert_allclose(m["training_box"][t], R.training_box(det, lms), atol=0.01)
+            bound = m["mask_upper_bound"][t]
+            assert m["nearest_nose_landmark"][t] == R.nearest_nose_landmark(bound, lms)
+            assert m["equivalent_shift"][t] == pytest.approx(R.equivalent_shift(det, lms), abs=0.01)
+            w, h = m["crop_size"][t]
+            assert s.frames[t].shape == (h, w, 3)
+        assert m["source_size"] in ([640, 360], [640, 720])
+    assert frames_total == summary["frames"]
+    # a stored crop, mapped back into the frame, shows the same pixels as the source frame
+    good = next(s for s in samples.values() if s.meta["source"].endswith("good.mp4"))
+    t = 30
+    rect, size = good.meta["crop_rect"][t], good.meta["crop_size"][t]
+    box = R.training_box(good.meta["det_box"][t], good.meta["landmarks"][t])
+    from_crop = R.crop(good.frames[t], R.box_to_crop(box, rect, size), size=64)
+    from_frame = R.crop(face_frames[good.meta["frame_index"][t]], box, size=64)
+    assert np.abs(from_crop.astype(int) - from_frame.astype(int)).mean() < 6
+
+
+def test_stats_match_the_samples(zoo_run):
+    out, summary = zoo_run
+    metas = [s.meta for s in iter_samples(out, images=False)]
+    nearest = np.concatenate([m["nearest_nose_landmark"] for m in metas])
+    counts = {k: int((nearest == int(k)).sum()) for k in ("28", "29", "30")}
+    assert summary["nose_landmark_counts"] == counts
+    shifts = np.concatenate([m["equivalent_shift"] for m in metas])
+    assert summary["equivalent_shift_px"]["q50"] == pytest.approx(np.median(shifts), abs=0.5)
+    lms = np.concatenate([np.asarray(m["landmarks"]) for m in metas])
+    lo, hi = R.shift_range(lms)
+    np.testing.assert_allclose(summary["shift_range"], [lo, hi], atol=1e-3)
+    for name in ("sources", "frames_with_face", "region_version", "schema_version", "seconds"):
+        assert name in summary
+    assert json.loads((out / "config.json").read_text())["config"]["sources_per_shard"] == 3
+
+
+def test_video_only_file_with_separate_wav(shared_data, tmp_path):
+    video, wav = shared_data / "yongen_video_only.mp4", shared_data / "yongen.wav"
+    alone = preprocess(run_config(video, tmp_path / "alone"))
+    assert alone["sources_skipped"] == {"no_audio": 1}
+    listing = tmp_path / "list.csv"
+    with listing.open("w", newline="") as f:
+        csv.writer(f).writerows([["video", "audio"], [str(video), str(wav)]])
+    config = run_config(listing, tmp_path / "paired", sample=SampleOptions(max_frames=100))
+    paired = preprocess(config)
+    assert paired["sources_ok"] == 1 and paired["samples"] >= 2
+    sample = next(iter_samples(tmp_path / "paired", images=False))
+    reference = load_audio(wav)
+    start = sample.meta["frame_index"][0] * 640
+    np.testing.assert_allclose(
+        sample.audio, reference[start : start + len(sample.audio)], atol=2 / 32767
+    )
+
+
+def test_rerun_skips_finished_shards_and_refuses_other_config(zoo, tmp_path):
+    out = tmp_path / "out"
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(str(zoo / n) for n in ("good.mp4", "short.mp4", "zero.mp4")))
+    first = preprocess(run_config(listing, out, sources_per_shard=1))
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("0*")}
+    second = preprocess(run_config(listing, out, sources_per_shard=1))
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("0*")} == before
+    assert first["samples"] == second["samples"] == 1
+    with pytest.raises(ValueError, match="different configuration"):
+        preprocess(run_config(listing, out, sources_per_shard=2))
+
+
+def cli(*args: str, **kwargs) -> subprocess.Popen:
+    cmd = [sys.executable, str(REPO / "preprocess" / "run.py"), *args, "progress=false"]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_equals_clean_run(zoo, tmp_path):
+    """Kill -9 in the middle of writing, rerun: the same shards as one clean run, no leftovers."""
+    listing = tmp_path / "list.txt"
+    names = ["good.mp4", "fps30.mp4", "gap.mp4", "rotated.mp4", "noface.mp4"]
+    listing.write_text("\n".join(str(zoo / n) for n in names))
+    common = [f"input={listing}", "workers=1", "sources_per_shard=1", "samples_per_shard=1"]
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    assert cli(*common, f"output={clean}").wait(timeout=300) == 0
+
+    proc = cli(*common, f"output={killed}")
+    deadline = time.time() + 120
+    # sorted sources: shard 1 is gap.mp4 (two samples, so two tar parts); kill in between
+    while not list(killed.glob("00001-000.tar*")) and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "stats.json").exists()
+    assert (killed / "00000.json").exists() and not (killed / "00001.json").exists()
+
+    rerun = cli(*common, f"output={killed}")
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()
+    assert tar_digest(killed) == tar_digest(clean)
+    assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in clean.iterdir())
+    stats = [json.loads((d / "stats.json").read_text()) for d in (clean, killed)]
+    for key in ("samples", "frames", "nose_landmark_counts", "sources_skipped"):
+        assert stats[0][key] == stats[1][key]
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_dataset(zoo, tmp_path):
+    pytest.importorskip("ray")
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(str(zoo / n) for n in ("good.mp4", "gap.mp4", "zero.mp4")))
+    local = preprocess(run_config(listing, tmp_path / "local", workers=2, sources_per_shard=1))
+    on_ray = preprocess(
+        run_config(listing, tmp_path / "ray", workers=2, sources_per_shard=1, executor="ray")
+    )
+    assert tar_digest(tmp_path / "local") == tar_digest(tmp_path / "ray")
+    assert local["samples"] == on_ray["samples"] == 3
+    assert local["sources_skipped"] == on_ray["sources_skipped"] == {"zero_bytes": 1}
+
+
+def test_cli_exit_codes(zoo, tmp_path):
+    ok = cli(f"input={zoo / 'zero.mp4'}", f"output={tmp_path / 'a'}")
+    assert ok.wait(timeout=120) == 0  # completed, even though its only source was skipped
+    bad = cli(f"input={zoo / 'good.mp4'}", f"output={tmp_path / 'b'}", "workers=0")
+    assert bad.wait(timeout=120) != 0 and b"workers must be >= 1" in bad.stderr.read()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    unwritable = cli(f"input={zoo / 'good.mp4'}", f"output={blocker / 'out'}")
+    assert unwritable.wait(timeout=120) != 0
+    assert b"preprocess:" in unwritable.stderr.read()
+    missing = cli(f"input={tmp_path / 'nothing'}", f"output={tmp_path / 'c'}")
+    assert missing.wait(timeout=120) != 0 and b"does not exist" in missing.stderr.read()
+
+
+def test_wav_member_is_plain_16k_pcm(zoo_run, tmp_path):
+    out, _ = zoo_run
+    with tarfile.open(next(out.glob("*.tar"))) as tar:
+        member = next(m for m in tar if m.name.endswith(".wav"))
+        (tmp_path / "a.wav").write_bytes(tar.extractfile(member).read())
+    info = sf.info(str(tmp_path / "a.wav"))
+    assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
