@@ -25,11 +25,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import av
 import av.container
@@ -42,6 +45,8 @@ from musetalk.errors import (
     NoVideoStream,
     TruncatedMedia,
 )
+
+T = TypeVar("T")
 
 __all__ = [
     "VideoInfo",
@@ -181,18 +186,21 @@ class VideoReader:
         return self.info.num_frames
 
     def frames(
-        self, start: int = 0, end: int | None = None, step: int = 1
+        self, start: int = 0, end: int | None = None, step: int = 1, prefetch: int = 0
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield `(i, frame)` for output indices `range(start, min(end, len(self)), step)`.
 
         frame: (H, W, 3) uint8 RGB, H/W as in `info` (rotation applied); frame i shows time
         i / fps seconds. Source frames that no index needs are decoded but never converted,
         so a large `step` is cheap. Raises TruncatedMedia / CorruptMedia when decoding fails.
+        prefetch: decode up to this many frames ahead in a background thread (FFmpeg releases
+        the GIL), overlapping decoding with the caller's work; 0 = decode on demand.
         """
-        if start < 0 or step < 1 or (end is not None and end < start):
+        if start < 0 or step < 1 or prefetch < 0 or (end is not None and end < start):
             raise ValueError(f"bad frame range start={start} end={end} step={step}")
         stop = len(self) if end is None else min(end, len(self))
-        return self._generate(range(start, stop, step))
+        frames = self._generate(range(start, stop, step))
+        return _prefetched(frames, prefetch) if prefetch else frames
 
     def _generate(self, wanted: range) -> Iterator[tuple[int, np.ndarray]]:
         if not wanted:
@@ -395,6 +403,49 @@ class VideoWriter:
         self._tmp.unlink(missing_ok=True)
 
 
+def _prefetched(items: Iterator[T], size: int) -> Iterator[T]:
+    """Iterate `items` in a background thread, at most `size` items ahead.
+
+    Exceptions of the producer are raised in the consumer; closing the consumer stops the
+    producer and closes `items`.
+    """
+    ahead: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, object]) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                ahead.put(entry, timeout=0.05)
+                return
+
+    def produce() -> None:
+        try:
+            for item in items:
+                put((True, item))
+                if stop.is_set():
+                    break
+            put((False, None))
+        except BaseException as exc:  # handed to the consumer
+            put((False, exc))
+        finally:
+            if hasattr(items, "close"):
+                items.close()
+
+    thread = threading.Thread(target=produce, name="musetalk-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = ahead.get()
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _check_audio(audio: np.ndarray) -> np.ndarray:
     audio = np.asarray(audio)
     if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
@@ -452,10 +503,11 @@ def _frame_duration(
 
 def _to_rgb(frame: av.VideoFrame, k: int) -> np.ndarray:
     """(H, W, 3) uint8 RGB, rotated counter-clockwise by k * 90 degrees."""
-    rgb = frame.to_ndarray(format="rgb24")  # a view of a converted frame
+    rgb = frame.to_ndarray(format="rgb24")  # a view of a converted frame, rows may be padded
     if frame.format.name == "rgb24":  # no conversion: the view would alias the decoder's frame
         rgb = rgb.copy()
-    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+    # one contiguous copy here, so that no consumer has to make its own
+    return np.ascontiguousarray(np.rot90(rgb, k))
 
 
 def _rotation(frame: av.VideoFrame) -> int:

@@ -91,6 +91,9 @@ def zoo(tmp_path_factory, face_frames, speech) -> Path:
     synth.write_frames(d / "twofaces.mp4", two, 25, audio=speech[: 16000 * 40 // 25])
     tiny = [cv2.resize(f, (180, 320), interpolation=cv2.INTER_AREA) for f in face_frames[:40]]
     synth.write_frames(d / "small.mp4", tiny, 25, audio=speech[: 16000 * 40 // 25])
+    # an edit to a differently lit shot of the same framing: two samples, split at the cut
+    shot_b = [cv2.convertScaleAbs(f, alpha=0.6, beta=70) for f in face_frames[40:75]]
+    synth.write_frames(d / "cut.mp4", face_frames[:40] + shot_b, 25, audio=speech)
     # a faceless stretch in the middle: two samples instead of a lost source
     gap = face_frames[:40] + noise[:10] + face_frames[40:75]
     synth.write_frames(d / "gap.mp4", gap, 25, audio=np.tile(speech, 2)[: 16000 * 85 // 25])
@@ -116,6 +119,7 @@ EXPECTED = {
     "vfr.mp4": ("ok", None),
     "rotated.mp4": ("ok", None),
     "gap.mp4": ("ok", None),
+    "cut.mp4": ("ok", None),
     "zero.mp4": ("skipped", "zero_bytes"),
     "truncated.mp4": ("skipped", "truncated"),
     "notvideo.mp4": ("skipped", "not_a_video"),
@@ -142,10 +146,12 @@ def test_every_source_processed_or_skipped_with_reason(zoo, zoo_run):
     # the faceless stretch splits the clip into two samples; its frames are counted as dropped
     assert len(rows["gap.mp4"]["samples"]) == 2
     assert rows["gap.mp4"]["frames_dropped"] == {"no_face": 10}
+    # the edit at frame 40 splits the clip: samples start at frames 0 and 40
+    assert [k.rsplit("_", 1)[1] for k in rows["cut.mp4"]["samples"]] == ["000000", "000040"]
     skipped = {reason: 1 for status, reason in EXPECTED.values() if status == "skipped"}
     assert summary["sources_skipped"] == skipped
-    assert summary["sources_ok"] == 6 and summary["samples"] == 7
-    assert json.loads((out / "stats.json").read_text())["samples"] == 7
+    assert summary["sources_ok"] == 7 and summary["samples"] == 9
+    assert json.loads((out / "stats.json").read_text())["samples"] == 9
 
 
 def test_samples_round_trip_through_reader(zoo_run, face_frames):

@@ -248,3 +248,19 @@ def test_invalid_settings_are_rejected(analyzer: DlibAnalyzer) -> None:
         FaceTracker(analyzer, verify_every=0)
     settings = FaceTracker(analyzer, smoothing=OneEuro()).settings
     assert settings["smoothing"]["beta"] == OneEuro().beta
+
+
+def test_scene_cut_ends_tracks_even_when_the_face_stays_in_place(
+    analyzer: DlibAnalyzer, demo: list[np.ndarray]
+) -> None:
+    """A cut to a differently lit shot of the same framing: the landmark fit alone would follow
+    the face across it; the cut check starts a new track on the first frame after the edit."""
+    shot_b = [cv2.convertScaleAbs(f, alpha=0.6, beta=70) for f in demo[10:20]]
+    frames = demo[:10] + shot_b
+    tracker = FaceTracker(analyzer)
+    with_cut = [[t.track_id for t in tracker.update(f)] for f in frames]
+    assert tracker.stats["cuts"] == 1
+    assert {ids[0] for ids in with_cut[:10]} == {0} and {ids[0] for ids in with_cut[10:]} == {1}
+    plain = FaceTracker(analyzer, cut_threshold=None)
+    without = [[t.track_id for t in plain.update(f)] for f in frames]
+    assert {ids[0] for ids in without} == {0}

@@ -6,6 +6,7 @@ import gc
 import inspect
 import math
 import os
+import threading
 import weakref
 from pathlib import Path
 
@@ -327,3 +328,19 @@ def test_writer_rejects_bad_frames_and_cleans_up(tmp_path: Path) -> None:
         pass
     with pytest.raises(ValueError, match="mono"):
         VideoWriter(path, audio=np.zeros((100, 2), np.float32))
+
+
+def test_prefetch_gives_the_same_frames_and_forwards_errors(tmp_path):
+    path = synth.write_video(tmp_path / "a.mp4", n_frames=40, fps=25)
+    plain = [(i, synth.read_index(f)) for i, f in VideoReader(path).frames()]
+    ahead = [(i, synth.read_index(f)) for i, f in VideoReader(path).frames(prefetch=3)]
+    assert ahead == plain and len(plain) == 40
+    # an early stop closes the producer (no thread left behind)
+    frames = VideoReader(path).frames(prefetch=2)
+    next(frames)
+    frames.close()
+    assert not any(t.name == "musetalk-decode" for t in threading.enumerate())
+    broken = synth.truncate(synth.write_video(tmp_path / "b.mkv", n_frames=60), tmp_path / "c.mkv")
+    with pytest.raises(TruncatedMedia):
+        for _ in VideoReader(broken).frames(prefetch=2):
+            pass

@@ -53,7 +53,9 @@ class PreprocessConfig:
     sources_per_shard: int = 4
     samples_per_shard: int = 200
     face: dict[str, Any] = field(default_factory=lambda: {"backend": "dlib"})
-    tracking: dict[str, Any] = field(default_factory=lambda: {"detect_every": 5})
+    tracking: dict[str, Any] = field(
+        default_factory=lambda: {"detect_every": 25, "verify_every": 5, "idle_detect_every": 3}
+    )
     sample: SampleOptions = field(default_factory=SampleOptions)
     audio_features: str = "none"
     whisper_model: str = "openai/whisper-tiny"
@@ -179,7 +181,8 @@ def run_shard(
                 for sample in processor.samples():
                     if writer is None:
                         writer = ShardWriter(out, f"{name}-{len(tars):03d}.tar")
-                    writer.write(sample.key, sample.members)
+                    with processor.report.stage_seconds("write"):
+                        writer.write(sample.key, sample.members)
                     region.add_sample(sample.meta)
                     if writer.samples >= config.samples_per_shard:
                         writer.close()

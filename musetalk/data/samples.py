@@ -9,8 +9,10 @@ size) ends the current sample instead of invalidating the source; runs shorter t
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +41,8 @@ SEVERAL_FACES = "several_faces"
 SHORT_TRACK = "short_track"
 NO_AUDIO_LEFT = "past_audio_end"
 TOO_SHORT = "too_short"  # the whole source is shorter than min_frames
+
+PREFETCH = 4  # frames decoded ahead in a background thread while faces are analysed
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,18 @@ class SampleOptions:
             raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
 
 
+class StageTimes(Counter):
+    """Seconds spent per pipeline stage (decode, faces, crop_encode, audio, pack, ...)."""
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[stage] += time.perf_counter() - start
+
+
 @dataclass
 class SampleData:
     """A finished sample: its key and members (suffix -> bytes), and its json facts."""
@@ -102,6 +118,7 @@ class SourceReport:
     frames_in_samples: int = 0
     frames_dropped: Counter = field(default_factory=Counter)
     max_faces_in_frame: int = 0
+    stage_seconds: StageTimes = field(default_factory=StageTimes)
     source_fps: float | None = None
     rotation: int | None = None
     resampled: bool = False
@@ -110,6 +127,7 @@ class SourceReport:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["frames_dropped"] = dict(self.frames_dropped)
+        out["stage_seconds"] = {k: round(v, 3) for k, v in sorted(self.stage_seconds.items())}
         return out
 
 
@@ -204,16 +222,24 @@ class SourceProcessor:
             info.status, info.reason = "skipped", TOO_SHORT
             info.detail = f"{len(reader)} frames at 25 fps < min_frames {self.options.min_frames}"
             return
-        audio = load_audio(self.source.audio or self.source.video)
+        timed = info.stage_seconds
+        with timed("audio"):
+            audio = load_audio(self.source.audio or self.source.video)
         audio_frames = len(audio) // SAMPLES_PER_FRAME
         self.tracker.reset()
         self.frame_size = (reader.info.height, reader.info.width)
         run: list[_Frame] = []
-        for index, frame in reader.frames():
+        frames = reader.frames(prefetch=PREFETCH)
+        while True:
+            with timed("decode"):
+                index, frame = next(frames, (None, None))
+            if frame is None:
+                break
             info.frames_decoded += 1
             if self.progress is not None:
                 self.progress(1)
-            faces = self.tracker.update(frame)
+            with timed("faces"):
+                faces = self.tracker.update(frame)
             info.max_faces_in_frame = max(info.max_faces_in_frame, len(faces))
             face, reason = usable_face(faces, self.options)
             if face is not None:
@@ -226,7 +252,8 @@ class SourceProcessor:
             if face is None:
                 info.frames_dropped[reason] += 1
                 continue
-            rect, size, jpeg = encode_crop(frame, face, self.options)
+            with timed("crop_encode"):
+                rect, size, jpeg = encode_crop(frame, face, self.options)
             run.append(_Frame(index, face, rect, size, jpeg))
             if len(run) == self.options.max_frames:
                 yield from self._flush(run, audio)
@@ -251,7 +278,12 @@ class SourceProcessor:
         if len(run) < self.options.min_frames:
             self.report.frames_dropped[SHORT_TRACK] += len(run)
             return
-        sample = self._build(run, audio)
+        with self.report.stage_seconds("pack"):
+            sample = self._build(run, audio)
+        if self.features is not None:
+            with self.report.stage_seconds("features"):
+                wav = audio_for_frames(audio, run[0].index, len(run), fps=FPS)
+                sample.members["whisper.npy"] = encode_npy(self.features(wav).astype(np.float16))
         self.report.samples.append(sample.key)
         self.report.frames_in_samples += len(run)
         yield sample
@@ -301,8 +333,6 @@ class SourceProcessor:
         members = {"json": json.dumps(meta, separators=(",", ":")).encode(), "wav": encode_wav(wav)}
         for i, f in enumerate(run):
             members[frame_member(i)] = f.jpeg
-        if self.features is not None:
-            members["whisper.npy"] = encode_npy(self.features(wav).astype(np.float16))
         return SampleData(key, members, meta)
 
 

@@ -154,11 +154,24 @@ class DlibAnalyzer(FaceAnalyzer):
         return sorted(faces, key=lambda f: -f.area)
 
     def landmarks(self, frame: np.ndarray, boxes: Sequence[np.ndarray]) -> np.ndarray:
-        """Fit 68 landmarks in each (4,) box of one frame: (N, 68, 2) float, frame pixels."""
-        image = self._image(frame)
+        """Fit 68 landmarks in each (4,) box of one frame: (N, 68, 2) float, frame pixels.
+
+        Only a region of one box size around each box is converted and searched (the shape
+        predictor never samples further out), which keeps tracking cheap on large frames.
+        """
+        frame = check_frame(frame)
+        h, w = frame.shape[:2]
         out = np.zeros((len(boxes), NUM_LANDMARKS, 2))
         for i, box in enumerate(boxes):
-            out[i] = self._fit_refit(image, np.asarray(box, float).reshape(4))
+            box = np.asarray(box, float).reshape(4)
+            side = max(box[2] - box[0], box[3] - box[1], 1.0)
+            x0 = int(np.clip(math.floor(box[0] - side), 0, w - 1))
+            y0 = int(np.clip(math.floor(box[1] - side), 0, h - 1))
+            x1 = int(np.clip(math.ceil(box[2] + side), x0 + 1, w))
+            y1 = int(np.clip(math.ceil(box[3] + side), y0 + 1, h))
+            roi = self._image(frame[y0:y1, x0:x1])
+            offset = np.array([x0, y0], dtype=np.float64)
+            out[i] = self._fit_refit(roi, box - np.tile(offset, 2)) + offset
         return out
 
     def _detect(self, image: np.ndarray) -> list[_Found]:

@@ -1,0 +1,160 @@
+"""Preprocessing throughput on the shared 1080x1920 HEVC talking video.
+
+Measures, in one run on the same file:
+- decode only (PyAV -> RGB at 25 fps): the physical limit of this machine;
+- the real preprocessing pipeline, one worker (frames/s wall and per CPU-second), with its
+  per-stage times (decode, detect, landmarks, crop/encode, pack, write, audio);
+- the pipeline with all cores on N copies of the source (one shard each);
+- peak RSS.
+Prints a table and writes bench/results/preprocess.json.
+
+    .venv/bin/python bench/preprocess.py [--video PATH] [--copies N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import tempfile
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+from musetalk.data import preprocess as P
+from musetalk.data.samples import SampleOptions
+from musetalk.video import VideoReader
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "talking_demo1.mp4"
+
+
+def decode_only(video: Path) -> dict:
+    wall, cpu = time.perf_counter(), time.process_time()
+    n = sum(1 for _ in VideoReader(video).frames())
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"frames": n, "seconds": wall, "fps": n / wall, "fps_per_cpu_second": n / cpu}
+
+
+def timed_analyzer_methods(stages: Counter) -> None:
+    """Time the worker's analyzer detect/landmarks calls (the real methods, wrapped)."""
+    config = P.PreprocessConfig(input="", output="")
+    tracker, _, _ = P._worker_tools(config)
+    analyzer = tracker.analyzer
+    for name in ("detect", "landmarks"):
+        method = getattr(analyzer, name)
+
+        def wrapped(*args, _method=method, _name=name, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                stages[_name] += time.perf_counter() - start
+
+        setattr(analyzer, name, wrapped)
+
+
+def pipeline(video: Path, workers: int, copies: int, tmp: Path, stages: Counter) -> dict:
+    listing = tmp / f"list{copies}.csv"
+    links = []
+    for k in range(copies):  # distinct paths, the same bytes
+        link = tmp / f"copy{copies}_{k}{video.suffix}"
+        link.symlink_to(video)
+        links.append(link)
+    listing.write_text("video\n" + "\n".join(str(p) for p in links) + "\n")
+    out = tmp / f"out{copies}"
+    config = P.PreprocessConfig(
+        input=str(listing),
+        output=str(out),
+        workers=workers,
+        sources_per_shard=1,
+        sample=SampleOptions(),
+        progress=False,
+    )
+    wall, cpu = time.perf_counter(), time.process_time()
+    summary = P.preprocess(config)
+    wall = time.perf_counter() - wall
+    cpu = time.process_time() - cpu
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for shard in sorted(out.glob("0*.json")):
+        for src in json.loads(shard.read_text())["sources"]:
+            stages.update(src["stage_seconds"])
+    frames = summary["frames_decoded"]
+    return {
+        "workers": workers,
+        "sources": copies,
+        "frames": frames,
+        "frames_in_samples": summary["frames"],
+        "seconds": wall,
+        "fps": frames / wall,
+        "cpu_seconds_in_process": cpu,
+        "children_cpu_seconds": children.ru_utime + children.ru_stime,
+        "bytes": summary["bytes"],
+        "bytes_per_frame": summary["bytes"] / max(1, summary["frames"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
+    parser.add_argument("--copies", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "preprocess.json")
+    args = parser.parse_args()
+
+    decode = decode_only(args.video)
+    stages: Counter = Counter()
+    timed_analyzer_methods(stages)
+    with tempfile.TemporaryDirectory() as tmp:
+        cpu0 = time.process_time()
+        one = pipeline(args.video, 1, 1, Path(tmp), stages)
+        one["fps_per_cpu_second"] = one["frames"] / (time.process_time() - cpu0)
+        peak_rss_one = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        cores = os.cpu_count() or 1
+        many = pipeline(args.video, cores, args.copies, Path(tmp), Counter())
+    # "faces" includes detect + landmarks + the tracker's own work
+    stage_rows = {k: round(v, 3) for k, v in sorted(stages.items())}
+    result = {
+        "date": date.today().isoformat(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_at_start": os.getloadavg(),
+        },
+        "video": str(args.video.name),
+        "decode_only": decode,
+        "pipeline_1_worker": one,
+        f"pipeline_{cores}_workers": many,
+        "ratio_end_to_end_vs_decode": one["fps"] / decode["fps"],
+        "stage_seconds_1_worker": stage_rows,
+        "peak_rss_mb_1_worker": round(peak_rss_one, 1),
+        "peak_rss_mb_children": round(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
+        ),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+    frames = one["frames"]
+    print(f"\npreprocess benchmark: {args.video.name}, {result['date']}, {cores} cores")
+    print(f"{'measure':<44}{'value':>14}")
+    rows = [
+        ("decode only, frames/s (RGB, 25 fps)", f"{decode['fps']:.1f}"),
+        ("end to end, 1 worker, frames/s", f"{one['fps']:.1f}"),
+        ("end to end, 1 worker, frames per CPU-second", f"{one['fps_per_cpu_second']:.1f}"),
+        ("ratio end to end / decode only", f"{result['ratio_end_to_end_vs_decode']:.2f}"),
+        (f"end to end, {cores} workers x {args.copies} sources, frames/s", f"{many['fps']:.1f}"),
+        ("stored bytes per frame (JPEG crops + audio)", f"{one['bytes_per_frame']:.0f}"),
+        ("peak RSS, 1 worker (MB)", f"{peak_rss_one:.0f}"),
+    ]
+    rows += [(f"  stage {k}, ms/frame", f"{1000 * v / frames:.2f}") for k, v in stage_rows.items()]
+    for name, value in rows:
+        print(f"{name:<44}{value:>14}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Whisper encoder features: 16 kHz mono audio -> all encoder hidden states at 50 Hz.
+
+MuseTalk conditions on whisper-tiny's encoder: the log-mel of consecutive 30 s windows (the only
+input length the encoder accepts: 3000 mel frames), every hidden state stacked (embedding output
+first, then each layer; the last one after the encoder's final LayerNorm, as transformers returns
+it), the padding steps of the last window dropped. `musetalk.audio.windows` turns the result into
+per-video-frame tokens.
+
+Weights load through transformers' `from_pretrained`: safetensors when the directory has them; a
+directory with only `pytorch_model.bin` (MuseTalk's released `whisper/` layout) is read with
+`torch.load(weights_only=True)`, which refuses pickled code, so no untrusted pickle is executed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musetalk.audio.io import SAMPLE_RATE
+from musetalk.audio.windows import STEPS_PER_SECOND, num_steps_for
+
+__all__ = ["WhisperEncoder"]
+
+_REQUIRED_FILES = ("config.json", "preprocessor_config.json")
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"expected a floating torch dtype such as 'float16', got {dtype!r}")
+    return value
+
+
+def _local_dir(model: str) -> Path | None:
+    """The directory `model` names, None for a hub id; FileNotFoundError for a missing path."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        missing = [f for f in _REQUIRED_FILES if not (path / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"Whisper model directory {path} lacks {', '.join(missing)} (expected the HF "
+                "layout: config.json, preprocessor_config.json, model.safetensors or "
+                "pytorch_model.bin)"
+            )
+        return path
+    looks_like_path = path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1
+    if looks_like_path or path.exists():
+        raise FileNotFoundError(f"Whisper model directory not found: {path}")
+    return None
+
+
+class WhisperEncoder:
+    """Whisper encoder (HF `WhisperModel`'s encoder) turning audio into stacked hidden states.
+
+    model: a local directory with the HF layout (config.json, preprocessor_config.json,
+    model.safetensors or pytorch_model.bin), or a hub id such as "openai/whisper-tiny", which
+    transformers downloads or reads from its cache. device, dtype: where and in which precision
+    the encoder runs (the log-mel is computed on `device` in float32); outputs are float32.
+    """
+
+    def __init__(
+        self,
+        model: str = "openai/whisper-tiny",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+    ) -> None:
+        from transformers import WhisperFeatureExtractor, WhisperModel
+
+        self.device = torch.device(device)
+        self.dtype = _as_dtype(dtype)
+        local = _local_dir(str(model))
+        source = str(local) if local is not None else str(model)
+        try:
+            extractor = WhisperFeatureExtractor.from_pretrained(
+                source, local_files_only=local is not None
+            )
+            whisper = WhisperModel.from_pretrained(
+                source, dtype=self.dtype, weights_only=True, local_files_only=local is not None
+            )
+        except OSError as e:
+            if local is not None:
+                raise
+            raise OSError(
+                f"Whisper model {model!r} is not a local directory and could not be loaded from "
+                f"the Hugging Face hub or its cache ({e}); without network access pass a local "
+                "directory with the HF layout (e.g. MuseTalk's models/whisper)"
+            ) from e
+        step = (
+            extractor.hop_length * whisper.encoder.conv1.stride[0] * whisper.encoder.conv2.stride[0]
+        )
+        if extractor.sampling_rate != SAMPLE_RATE or step * STEPS_PER_SECOND != SAMPLE_RATE:
+            raise ValueError(
+                f"expected a {SAMPLE_RATE} Hz feature extractor giving {STEPS_PER_SECOND} encoder "
+                f"steps/s, got {extractor.sampling_rate} Hz and {step} samples per step"
+            )
+        self.extractor = extractor
+        self.encoder = whisper.encoder.to(self.device).eval().requires_grad_(False)
+        self.window_samples: int = extractor.n_samples  # 480000: 30 s per encoder call
+        self.window_steps: int = whisper.config.max_source_positions  # 1500 steps per window
+        self.num_hidden_states: int = whisper.config.encoder_layers + 1  # 5 for whisper-tiny
+        self.hidden_size: int = whisper.config.d_model  # 384 for whisper-tiny
+
+    def encode(self, audio: np.ndarray, sr: int = SAMPLE_RATE, batch_size: int = 8) -> np.ndarray:
+        """(T50, L + 1, d) float32 hidden states of (N,) float mono audio at 16 kHz.
+
+        T50 = floor(N / 320) steps of 20 ms; L + 1 = embedding output + each encoder layer
+        ((T50, 5, 384) for whisper-tiny). The audio is cut into consecutive 30 s windows, each
+        zero padded to 30 s and log-mel normalised on its own (as upstream MuseTalk does), run
+        `batch_size` windows per encoder call, and the steps before T50 concatenated.
+        """
+        audio = np.asarray(audio)
+        if sr != SAMPLE_RATE:
+            raise ValueError(f"expected audio at {SAMPLE_RATE} Hz, got {sr} Hz (resample first)")
+        if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
+            raise ValueError(
+                f"expected mono float audio of shape (N,), got {audio.shape} {audio.dtype}"
+            )
+        if not np.isfinite(audio).all():
+            raise ValueError("audio contains NaN or infinite samples")
+        if batch_size < 1:
+            raise ValueError(f"expected batch_size >= 1, got {batch_size}")
+        audio = audio.astype(np.float32, copy=False)
+        total = num_steps_for(len(audio), sr)
+        num_windows = -(-total // self.window_steps)
+        windows = [
+            audio[w * self.window_samples : (w + 1) * self.window_samples]
+            for w in range(num_windows)
+        ]
+        out = np.zeros(
+            (num_windows * self.window_steps, self.num_hidden_states, self.hidden_size), np.float32
+        )
+        for b in range(0, num_windows, batch_size):
+            mel = self.extractor(
+                windows[b : b + batch_size],
+                sampling_rate=SAMPLE_RATE,
+                return_tensors="pt",
+                device=str(self.device),
+            ).input_features  # (B, 80, 3000) log-mel, float32
+            with torch.inference_mode():
+                states = self.encoder(
+                    mel.to(self.device, self.dtype), output_hidden_states=True
+                ).hidden_states  # L + 1 tensors (B, 1500, d)
+            stacked = torch.stack(states, dim=2).float().cpu().numpy()  # (B, 1500, L + 1, d)
+            rows = slice(b * self.window_steps, (b + len(stacked)) * self.window_steps)
+            out[rows] = stacked.reshape(-1, self.num_hidden_states, self.hidden_size)
+        return out[:total]
