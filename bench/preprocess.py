@@ -42,7 +42,7 @@ def decode_only(video: Path) -> dict:
 def timed_analyzer_methods(stages: Counter) -> None:
     """Time the worker's analyzer detect/landmarks calls (the real methods, wrapped)."""
     config = P.PreprocessConfig(input="", output="")
-    tracker, _, _ = P._worker_tools(config)
+    tracker, *_ = P._worker_tools(config)
     analyzer = tracker.analyzer
     for name in ("detect", "landmarks"):
         method = getattr(analyzer, name)

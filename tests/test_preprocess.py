@@ -306,3 +306,23 @@ def test_wav_member_is_plain_16k_pcm(zoo_run, tmp_path):
         (tmp_path / "a.wav").write_bytes(tar.extractfile(member).read())
     info = sf.info(str(tmp_path / "a.wav"))
     assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+
+
+def test_cached_whisper_features(zoo, tmp_path):
+    """audio_features=whisper stores (T50, L+1, d) float16 features from the encoder named by
+    `whisper_model` (a tiny random WhisperModel saved like real weights)."""
+    from tiny_models import save_tiny_whisper
+
+    from musetalk.audio.whisper import WhisperEncoder
+
+    model = save_tiny_whisper(tmp_path / "whisper", layers=2, dim=32)
+    config = run_config(
+        zoo / "good.mp4", tmp_path / "out", audio_features="whisper", whisper_model=str(model)
+    )
+    assert preprocess(config)["samples"] == 1
+    sample = next(iter_samples(tmp_path / "out"))
+    T = sample.meta["num_frames"]
+    assert sample.whisper.shape == (2 * T, 3, 32) and sample.whisper.dtype == np.float16
+    assert sample.meta["audio_features"]["model"] == str(model)
+    expected = WhisperEncoder(str(model)).encode(sample.audio)
+    np.testing.assert_allclose(sample.whisper.astype(np.float32), expected, rtol=1e-2, atol=1e-2)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+from tiny_models import save_tiny_whisper
+from transformers import WhisperFeatureExtractor, WhisperModel
 
 from musetalk.audio.whisper import WhisperEncoder
 from musetalk.audio.windows import (
@@ -25,37 +26,10 @@ LAYERS = 2
 DIM = 64
 
 
-def tiny_config() -> WhisperConfig:
-    """whisper-tiny's input geometry (80 mels, 1500 steps per 30 s) with a 2-layer, d 64 encoder."""
-    return WhisperConfig(
-        vocab_size=128,
-        num_mel_bins=80,
-        d_model=DIM,
-        encoder_layers=LAYERS,
-        encoder_attention_heads=2,
-        encoder_ffn_dim=128,
-        decoder_layers=1,
-        decoder_attention_heads=2,
-        decoder_ffn_dim=128,
-        max_source_positions=1500,
-        max_target_positions=32,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        decoder_start_token_id=1,
-        begin_suppress_tokens=None,
-        suppress_tokens=None,
-    )
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded random tiny WhisperModel + the default feature extractor, saved in the HF layout."""
-    path = tmp_path_factory.mktemp("whisper_tiny_random")
-    torch.manual_seed(0)
-    WhisperModel(tiny_config()).eval().save_pretrained(path)
-    WhisperFeatureExtractor().save_pretrained(path)
-    return path
+    return save_tiny_whisper(tmp_path_factory.mktemp("whisper_tiny_random"), layers=LAYERS, dim=DIM)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,24 @@
-"""Audio: loading/saving aligned to video frames (16 kHz mono float32)."""
+"""Audio: loading aligned to video frames (16 kHz mono float32), Whisper feature windows.
+
+`musetalk.audio.whisper.WhisperEncoder` (transformers) is imported from its module on purpose,
+so that importing this package stays light.
+"""
 
 from musetalk.audio.io import SAMPLE_RATE, audio_for_frames, load_audio, write_wav
+from musetalk.audio.windows import (
+    add_positional_encoding,
+    audio_windows,
+    num_frames_for,
+    sinusoidal_encoding,
+)
 
-__all__ = ["SAMPLE_RATE", "audio_for_frames", "load_audio", "write_wav"]
+__all__ = [
+    "SAMPLE_RATE",
+    "add_positional_encoding",
+    "audio_for_frames",
+    "audio_windows",
+    "load_audio",
+    "num_frames_for",
+    "sinusoidal_encoding",
+    "write_wav",
+]

@@ -135,14 +135,20 @@ def _worker_tools(config: PreprocessConfig):
             "settings": analyzer.settings,
             "tracking": tracker.settings,
         }
-        features = None
+        features = features_info = None
         if config.audio_features == "whisper":
             from musetalk.audio.whisper import WhisperEncoder
 
             encoder = WhisperEncoder(config.whisper_model, device=config.device)
             features = encoder.encode
+            features_info = {
+                "kind": "whisper",
+                "model": config.whisper_model,
+                "shape": ["T50", encoder.num_hidden_states, encoder.hidden_size],
+                "dtype": "float16",
+            }
         _WORKER_CACHE.clear()
-        _WORKER_CACHE[key] = (tracker, face_info, features)
+        _WORKER_CACHE[key] = (tracker, face_info, features, features_info)
     return _WORKER_CACHE[key]
 
 
@@ -160,7 +166,7 @@ def run_shard(
     out = Output(config.output)
     name = shard_name(index)
     out.remove_matching(f"{name}-*")
-    tracker, face_info, features = _worker_tools(config)
+    tracker, face_info, features, features_info = _worker_tools(config)
     tars: list[str] = []
     writer: ShardWriter | None = None
     region = RegionStats()
@@ -175,7 +181,7 @@ def run_shard(
         for source in sources:
             t0 = time.time()
             processor = SourceProcessor(
-                source, tracker, config.sample, face_info, features, frame_progress
+                source, tracker, config.sample, face_info, features, frame_progress, features_info
             )
             try:
                 for sample in processor.samples():

@@ -187,7 +187,8 @@ class SourceProcessor:
     """Turns one source into samples; iterate `samples()`, then read `report`.
 
     tracker: a FaceTracker (reset here); face_info: backend name/version/settings recorded in
-    every sample; features: optional callable audio (N,) -> Whisper features (T50, 5, 384).
+    every sample; features: optional callable audio (N,) -> Whisper features (T50, 5, 384),
+    stored as `<key>.whisper.npy` (float16) and described by `features_info` in the json.
     """
 
     def __init__(
@@ -198,12 +199,14 @@ class SourceProcessor:
         face_info: dict[str, Any],
         features: Callable[[np.ndarray], np.ndarray] | None = None,
         progress: Callable[[int], None] | None = None,
+        features_info: dict[str, Any] | None = None,
     ) -> None:
         self.source = source
         self.tracker = tracker
         self.options = options
         self.face_info = face_info
         self.features = features
+        self.features_info = features_info
         self.progress = progress
         self.report = SourceReport(source.video, source.audio, source.source_id)
 
@@ -329,6 +332,7 @@ class SourceProcessor:
             "crop_size": [list(f.crop_size) for f in run],
             "audio": {"sample_rate": SAMPLES_PER_FRAME * FPS, "num_samples": int(len(wav))},
             "face": self.face_info,
+            "audio_features": self.features_info,
         }
         members = {"json": json.dumps(meta, separators=(",", ":")).encode(), "wav": encode_wav(wav)}
         for i, f in enumerate(run):
