@@ -14,6 +14,7 @@ directory with only `pytorch_model.bin` (MuseTalk's released `whisper/` layout) 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,6 +54,29 @@ def _local_dir(model: str) -> Path | None:
     return None
 
 
+#: A small random Whisper-shaped encoder (2 layers, d 384 like whisper-tiny so that it fits
+#: MuseTalk's cross_attention_dim): 3 hidden states -> 30 tokens per video frame.
+TINY_WHISPER: dict[str, Any] = {
+    "vocab_size": 128,
+    "num_mel_bins": 80,
+    "d_model": 384,
+    "encoder_layers": 2,
+    "encoder_attention_heads": 4,
+    "encoder_ffn_dim": 512,
+    "decoder_layers": 1,
+    "decoder_attention_heads": 4,
+    "decoder_ffn_dim": 512,
+    "max_source_positions": 1500,
+    "max_target_positions": 32,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "decoder_start_token_id": 1,
+    "begin_suppress_tokens": None,
+    "suppress_tokens": None,
+}
+
+
 class WhisperEncoder:
     """Whisper encoder (HF `WhisperModel`'s encoder) turning audio into stacked hidden states.
 
@@ -89,6 +113,30 @@ class WhisperEncoder:
                 f"the Hugging Face hub or its cache ({e}); without network access pass a local "
                 "directory with the HF layout (e.g. MuseTalk's models/whisper)"
             ) from e
+        self._setup(extractor, whisper)
+
+    @classmethod
+    def random(
+        cls,
+        config: dict[str, Any] | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> WhisperEncoder:
+        """A seeded random-weight encoder (default `TINY_WHISPER`) for smoke runs and tests:
+        the real classes, whisper-tiny's input geometry, no files needed."""
+        from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+        self = cls.__new__(cls)
+        self.device = torch.device(device)
+        self.dtype = torch.float32
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        whisper = WhisperModel(WhisperConfig(**{**TINY_WHISPER, **(config or {})}))
+        torch.random.set_rng_state(generator_state)
+        self._setup(WhisperFeatureExtractor(), whisper)
+        return self
+
+    def _setup(self, extractor: Any, whisper: Any) -> None:
         step = (
             extractor.hop_length * whisper.encoder.conv1.stride[0] * whisper.encoder.conv2.stride[0]
         )
