@@ -326,3 +326,22 @@ def test_cached_whisper_features(zoo, tmp_path):
     assert sample.meta["audio_features"]["model"] == str(model)
     expected = WhisperEncoder(str(model)).encode(sample.audio)
     np.testing.assert_allclose(sample.whisper.astype(np.float32), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_fsspec_output_and_cli_audio_group(zoo, tmp_path):
+    """Output to an fsspec URL (the in-memory filesystem stands in for object storage)."""
+    import fsspec
+
+    summary = preprocess(run_config(zoo / "good.mp4", "memory://musetalk-test/ds"))
+    fs = fsspec.filesystem("memory")
+    names = sorted(p.rsplit("/", 1)[1] for p in fs.ls("/musetalk-test/ds", detail=False))
+    assert names == ["00000-000.tar", "00000.json", "config.json", "manifest.jsonl", "stats.json"]
+    with fs.open("/musetalk-test/ds/stats.json") as f:
+        assert json.load(f)["samples"] == summary["samples"] == 1
+    local = tmp_path / "00000-000.tar"
+    local.write_bytes(fs.cat("/musetalk-test/ds/00000-000.tar"))
+    assert len(list(iter_samples([str(local)], images=False))) == 1
+    config = PreprocessConfig.from_dict(
+        {"input": "x", "output": "y", "audio": {"features": "whisper", "model": "/m"}}
+    )
+    assert (config.audio_features, config.whisper_model) == ("whisper", "/m")

@@ -82,7 +82,8 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PreprocessConfig:
         """Build from plain nested values (the resolved Hydra config): `executor` is
-        {name, address}, `sample` holds the SampleOptions fields; unknown keys are errors."""
+        {name, address}, `audio` is {features, model}, `sample` holds the SampleOptions
+        fields; unknown keys are errors."""
         values = dict(values)
         executor = values.pop("executor", {"name": "local"})
         if isinstance(executor, dict):
@@ -90,6 +91,10 @@ class PreprocessConfig:
             values["ray_address"] = executor.get("address")
         else:
             values["executor"] = executor
+        audio = values.pop("audio", None)
+        if audio is not None:
+            values["audio_features"] = audio.get("features", "none")
+            values["whisper_model"] = audio.get("model", cls.whisper_model)
         sample = values.pop("sample", {}) or {}
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(values) - known)
