@@ -1,7 +1,9 @@
-"""musetalk.audio.io: 16 kHz mono loading aligned to video time, frame windows, wav writing."""
+"""musetalk.audio.io: 16 kHz mono loading aligned to video time (whole or streamed), frame
+windows, wav writing."""
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,14 @@ import pytest
 import soundfile as sf
 import synth
 
-from musetalk.audio import SAMPLE_RATE, audio_for_frames, load_audio, write_wav
+from musetalk.audio import (
+    SAMPLE_RATE,
+    AudioStream,
+    audio_for_frames,
+    iter_audio,
+    load_audio,
+    write_wav,
+)
 from musetalk.errors import EmptyFile, NoAudioStream, NotAMediaFile
 
 # ---------------------------------------------------------------- real data
@@ -148,6 +157,132 @@ def test_audio_for_frames_lengths_and_padding() -> None:
     np.testing.assert_array_equal(np.concatenate(parts), audio)
     with pytest.raises(ValueError, match="start_frame"):
         audio_for_frames(audio, -1, 2)
+
+
+# ---------------------------------------------------------------- streaming
+
+
+def requests(num_frames: int) -> list[tuple[int, int]]:
+    """(start, num) frame ranges with non-decreasing starts: overlapping, repeated, gaps,
+    across the end and entirely past it, for audio of `num_frames` 25 fps frames."""
+    n = num_frames
+    ranges = [
+        (0, 1),
+        (0, 30),
+        (10, 5),
+        (12, 0),
+        (40, 250),
+        (n // 2, 7),
+        (n // 2 + 3, 100),
+        (max(n - 3, n // 2 + 3), 10),
+        (n + 5, 4),
+        (n + 5, 250),
+    ]
+    return sorted(ranges, key=lambda r: r[0])
+
+
+def assert_stream_matches(path: Path, fps: float = 25) -> None:
+    """AudioStream.read_frames == audio_for_frames(load_audio(path)) for every request."""
+    whole = load_audio(path)
+    n = len(whole) * fps // SAMPLE_RATE
+    with AudioStream(path) as stream:
+        for start, num in requests(int(n)):
+            got = stream.read_frames(start, num, fps=fps)
+            expected = audio_for_frames(whole, start, num, fps=fps)
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, expected, err_msg=f"frames {start}+{num}")
+        assert stream.ended and stream.num_samples == len(whole)
+        if fps == 25:
+            assert stream.frames_available() == len(whole) // 640
+    np.testing.assert_array_equal(
+        np.concatenate([np.zeros(0, np.float32), *iter_audio(path)]), whole
+    )
+
+
+@pytest.mark.parametrize("name", ["talking_demo1.mp4", "yongen.wav", "speech_en_16k.wav"])
+def test_stream_equals_load_audio_real_files(shared_data: Path, name: str) -> None:
+    assert_stream_matches(shared_data / name)
+
+
+def test_stream_equals_load_audio_at_30_fps(shared_data: Path) -> None:
+    assert_stream_matches(shared_data / "talking_demo1.mp4", fps=30)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+@pytest.mark.parametrize(
+    ("video_start", "audio_start"),
+    [(0.0, 0.0), (0.0, 0.5), (0.32, 0.0), (0.0, 3.0), (2.5, 0.0)],  # 3.0: long zero padding
+    ids=str,  # 2.5: the whole 2 s track is before the video
+)
+def test_stream_equals_load_audio_offsets(
+    tmp_path: Path, suffix: str, video_start: float, audio_start: float
+) -> None:
+    path = synth.write_video(
+        tmp_path / f"av{suffix}",
+        n_frames=50,
+        fps=25,
+        audio=synth.tone_burst(2.0, 0.7),
+        audio_start=audio_start,
+        video_start=video_start,
+    )
+    assert_stream_matches(path)
+
+
+@pytest.mark.parametrize("name", ["b.wav", "b.m4a", "c.mp3"])
+def test_stream_equals_load_audio_audio_only(tmp_path: Path, name: str) -> None:
+    path = synth.write_audio(tmp_path / name, synth.tone_burst(1.0, 0.5), cover_art=name == "c.mp3")
+    assert_stream_matches(path)
+
+
+def test_stream_decodes_only_as_far_as_needed(shared_data: Path) -> None:
+    with AudioStream(shared_data / "speech_en_16k.wav") as stream:  # 60 s
+        assert not stream.ended and stream.num_samples is None and stream.frames_available() is None
+        stream.read_frames(0, 25)
+        assert not stream.ended and 16000 <= stream.decoded < 16000 + 2048
+        stream.read_frames(100, 25)  # frames 25..99 were decoded and dropped on the way
+        assert stream.buffered < 16000 + 2048
+        with pytest.raises(ValueError, match="before an earlier request"):
+            stream.read_frames(99, 1)
+        with pytest.raises(ValueError, match="start_frame"):
+            stream.read_frames(-1, 1)
+
+
+def test_stream_errors_at_open(shared_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(NoAudioStream, match="yongen_video_only.mp4"):
+        AudioStream(shared_data / "yongen_video_only.mp4")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(EmptyFile):
+        AudioStream(empty)
+
+
+def test_stream_memory_is_bounded_by_the_request(tmp_path: Path) -> None:
+    """10 minutes of 16 kHz audio read 250 frames at a time: the stream holds one request
+    (plus a decoded chunk), load_audio the whole file (38.4 MB of float32)."""
+    seconds, step = 600, 250
+    n = SAMPLE_RATE * seconds
+    tone = 0.3 * np.sin(np.arange(n, dtype=np.float32) * np.float32(0.05))
+    path = tmp_path / "long.wav"
+    sf.write(str(path), tone, SAMPLE_RATE, subtype="PCM_16")
+    whole_bytes = n * 4
+
+    tracemalloc.start()
+    try:
+        with AudioStream(path) as stream:
+            for start in range(0, seconds * 25 + step, step):
+                wav = stream.read_frames(start, step)
+                assert stream.buffered <= step * 640 + 2 * 16384
+            last = wav
+            _, stream_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        whole = load_audio(path)
+        _, whole_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert stream.ended and stream.num_samples == n == len(whole)
+    assert stream.peak_buffered <= step * 640 + 2 * 16384  # 160000 samples + one chunk each side
+    assert not last.any()  # the last request is past the end
+    assert stream_peak < whole_bytes / 10 < whole_peak / 10
 
 
 # ---------------------------------------------------------------- writing

@@ -19,11 +19,15 @@ import pytest
 import soundfile as sf
 import synth
 
-from musetalk.audio import load_audio
+from musetalk.audio import audio_for_frames, load_audio
 from musetalk.data.preprocess import PreprocessConfig, preprocess
-from musetalk.data.reader import iter_samples
-from musetalk.data.samples import SampleOptions
+from musetalk.data.reader import decode_wav, iter_samples
+from musetalk.data.samples import SampleOptions, SourceProcessor
+from musetalk.data.sources import Source
+from musetalk.errors import NoAudioStream
 from musetalk.face import region as R
+from musetalk.face.analyzer import Face
+from musetalk.face.tracking import TrackedFace
 from musetalk.video import iter_frames, probe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,3 +349,96 @@ def test_fsspec_output_and_cli_audio_group(zoo, tmp_path):
         {"input": "x", "output": "y", "audio": {"features": "whisper", "model": "/m"}}
     )
     assert (config.audio_features, config.whisper_model) == ("whisper", "/m")
+
+
+# ---------------------------------------------------------------- audio shorter than the video
+
+
+def test_audio_shorter_than_video_ends_the_samples(face_frames, speech, tmp_path):
+    """3 s of video with 2 s of audio (own AAC track, or a separate wav): the samples stop
+    where the audio does, the frames after it are past_audio_end."""
+    video = synth.write_frames(tmp_path / "short_track.mp4", face_frames, 25, audio=speech[:32000])
+    silent = synth.write_frames(tmp_path / "silent.mp4", face_frames, 25)
+    wav = synth.write_audio(tmp_path / "two_seconds.wav", speech[:32000])
+    listing = tmp_path / "list.csv"
+    with listing.open("w", newline="") as f:
+        csv.writer(f).writerows([["video", "audio"], [str(video), ""], [str(silent), str(wav)]])
+    summary = preprocess(run_config(listing, tmp_path / "out"))
+    assert summary["sources_ok"] == 2
+    # AAC decodes to a little more than 2 s (encoder padding): 32768 samples, 51 whole frames
+    covered = {"short_track.mp4": len(load_audio(video)) // 640, "silent.mp4": 50}
+    assert covered["short_track.mp4"] == 51
+    rows = manifest(tmp_path / "out")
+    samples = {s.meta["source"]: s for s in iter_samples(tmp_path / "out", images=False)}
+    for name, n in covered.items():
+        row = rows[name]
+        assert row["frames_decoded"] == 75 and row["frames_with_face"] == 75, name
+        assert row["frames_in_samples"] == n and row["frames_dropped"] == {"past_audio_end": 75 - n}
+        (sample,) = [s for s in samples.values() if Path(s.meta["source"]).name == name]
+        assert sample.meta["frame_index"] == list(range(n)) and len(sample.audio) == n * 640
+        assert "audio" in row["stage_seconds"]
+    reference = load_audio(wav)
+    np.testing.assert_allclose(samples[str(silent)].audio, reference, atol=1 / 32767)
+
+
+FAKE_LMS = np.tile([150.0, 160.0], (68, 1))
+FAKE_LMS[[0, 16, 8]] = [(100, 160), (200, 160), (150, 220)]
+FAKE_LMS[27:31] = [(150, 120), (150, 130), (150, 140), (150, 150)]
+
+
+class FixedFaceTracker:
+    """Stands in for FaceTracker: one face (track 0) on every frame; counts the frames seen."""
+
+    def __init__(self) -> None:
+        self.updates = 0
+
+    def reset(self) -> None:
+        pass
+
+    def update(self, frame: np.ndarray) -> list[TrackedFace]:
+        self.updates += 1
+        face = Face(np.array([95.0, 90.0, 205.0, 225.0]), FAKE_LMS, 0.9)
+        return [TrackedFace(0, face, True, self.updates == 1, FAKE_LMS)]
+
+
+@pytest.mark.parametrize(
+    ("max_frames", "min_frames", "expected", "dropped"),
+    [
+        (250, 25, [(0, 50)], {"past_audio_end": 25}),
+        # second run [30, 60) cut at 50: 20 frames < min_frames; 60.. arrive after the end
+        (30, 25, [(0, 30)], {"short_track": 20, "past_audio_end": 25}),
+        (20, 10, [(0, 20), (20, 20), (40, 10)], {"past_audio_end": 25}),
+        # [25, 50) ends exactly at the audio's end, which is only seen with run [50, 75)
+        (25, 25, [(0, 25), (25, 25)], {"past_audio_end": 25}),
+    ],
+)
+def test_runs_cut_at_the_audio_end(tmp_path, max_frames, min_frames, expected, dropped):
+    """75 frames, 2 s of audio (50 frames) in a separate wav: exact cuts and counts."""
+    video = synth.write_video(tmp_path / "v.mp4", n_frames=75, fps=25, size=(320, 240))
+    audio = synth.tone_burst(2.0, 0.5, 1.0)
+    wav = synth.write_audio(tmp_path / "a.wav", audio)
+    options = SampleOptions(max_frames=max_frames, min_frames=min_frames)
+    processor = SourceProcessor(Source(str(video), str(wav)), FixedFaceTracker(), options, {})
+    samples = list(processor.samples())
+    starts = [(s.meta["frame_index"][0], s.meta["num_frames"]) for s in samples]
+    assert starts == expected
+    report = processor.report
+    assert report.frames_dropped == dropped and report.status == "ok"
+    assert report.frames_in_samples == sum(n for _, n in expected)
+    reference = load_audio(wav)
+    for sample, (start, n) in zip(samples, expected, strict=True):
+        wav_member = decode_wav(sample.members["wav"])
+        assert sample.meta["audio"]["num_samples"] == len(wav_member) == n * 640
+        want = audio_for_frames(reference, start, n)
+        np.testing.assert_allclose(wav_member, want, atol=1 / 32767)
+
+
+def test_no_audio_raised_before_decoding_frames(tmp_path):
+    video = synth.write_video(tmp_path / "v.mp4", n_frames=40, fps=25, size=(320, 240))
+    tracker, progress = FixedFaceTracker(), []
+    processor = SourceProcessor(
+        Source(str(video)), tracker, SampleOptions(), {}, progress=progress.append
+    )
+    with pytest.raises(NoAudioStream):
+        next(processor.samples())
+    assert tracker.updates == 0 and not progress and processor.report.frames_decoded == 0

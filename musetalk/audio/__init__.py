@@ -1,10 +1,19 @@
-"""Audio: loading aligned to video frames (16 kHz mono float32), Whisper feature windows.
+"""Audio: loading aligned to video frames (16 kHz mono float32, whole or streamed), Whisper
+feature windows.
 
 `musetalk.audio.whisper.WhisperEncoder` (transformers) is imported from its module on purpose,
 so that importing this package stays light.
 """
 
-from musetalk.audio.io import SAMPLE_RATE, audio_for_frames, load_audio, write_wav
+from musetalk.audio.io import (
+    SAMPLE_RATE,
+    AudioStream,
+    audio_for_frames,
+    frame_bounds,
+    iter_audio,
+    load_audio,
+    write_wav,
+)
 from musetalk.audio.windows import (
     add_positional_encoding,
     audio_windows,
@@ -14,9 +23,12 @@ from musetalk.audio.windows import (
 
 __all__ = [
     "SAMPLE_RATE",
+    "AudioStream",
     "add_positional_encoding",
     "audio_for_frames",
     "audio_windows",
+    "frame_bounds",
+    "iter_audio",
     "load_audio",
     "num_frames_for",
     "sinusoidal_encoding",

@@ -1,9 +1,12 @@
 """One source video -> samples: continuous tracks of the main face, with crops, audio, facts.
 
-Frames are decoded, tracked and cropped as they stream by; only the current sample's JPEG crops
-are held in memory. A frame without a usable face (none, too small, or several faces of similar
-size) ends the current sample instead of invalidating the source; runs shorter than
-`min_frames` are dropped and counted.
+Frames are decoded, tracked and cropped as they stream by, and the audio is decoded alongside
+(`musetalk.audio.AudioStream`): only the current sample's JPEG crops and audio are held in
+memory, whatever the length of the source. A frame without a usable face (none, too small, or
+several faces of similar size) ends the current sample instead of invalidating the source; runs
+shorter than `min_frames` are dropped and counted. Frames past the end of the audio are dropped
+(`past_audio_end`); as that end is only known once the audio decoder reaches it, a run is cut
+where its audio ends when it is flushed.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from musetalk.audio import audio_for_frames, load_audio
+from musetalk.audio import AudioStream
 from musetalk.data.schema import (
     FPS,
     LANDMARK_CONVENTION,
@@ -226,9 +229,17 @@ class SourceProcessor:
             info.detail = f"{len(reader)} frames at 25 fps < min_frames {self.options.min_frames}"
             return
         timed = info.stage_seconds
-        with timed("audio"):
-            audio = load_audio(self.source.audio or self.source.video)
-        audio_frames = len(audio) // SAMPLES_PER_FRAME
+        with timed("audio"):  # probes the audio: NoAudioStream before any frame is decoded
+            audio = AudioStream(self.source.audio or self.source.video)
+        with audio:
+            yield from self._cut(reader, audio)
+        if not info.samples:
+            info.status = "skipped"
+            info.reason = self._skip_reason()
+
+    def _cut(self, reader: VideoReader, audio: AudioStream) -> Iterator[SampleData]:
+        """Track the frames and cut them into runs of one face; flush each run as it ends."""
+        info, timed = self.report, self.report.stage_seconds
         self.tracker.reset()
         self.frame_size = (reader.info.height, reader.info.width)
         run: list[_Frame] = []
@@ -247,7 +258,7 @@ class SourceProcessor:
             face, reason = usable_face(faces, self.options)
             if face is not None:
                 info.frames_with_face += 1
-            if face is not None and index >= audio_frames:
+            if face is not None and audio.ended and index >= audio.frames_available(FPS):
                 face, reason = None, NO_AUDIO_LEFT
             if run and (face is None or face.track_id != run[-1].face.track_id):
                 yield from self._flush(run, audio)
@@ -262,9 +273,6 @@ class SourceProcessor:
                 yield from self._flush(run, audio)
                 run = []
         yield from self._flush(run, audio)
-        if not info.samples:
-            info.status = "skipped"
-            info.reason = self._skip_reason()
 
     def _skip_reason(self) -> str:
         dropped = self.report.frames_dropped
@@ -275,26 +283,40 @@ class SourceProcessor:
             return max((NO_FACE, FACE_TOO_SMALL, SEVERAL_FACES), key=lambda r: dropped[r])
         return max(dropped, key=lambda r: dropped[r])
 
-    def _flush(self, run: list[_Frame], audio: np.ndarray) -> Iterator[SampleData]:
+    def _flush(self, run: list[_Frame], audio: AudioStream) -> Iterator[SampleData]:
+        """Read the run's audio, cut the run where the audio ends, and build its sample.
+
+        Runs hold consecutive frame indices. Frames past the audio end are `past_audio_end`;
+        what is left, if shorter than `min_frames`, is a `short_track`.
+        """
+        if not run:
+            return
+        dropped = self.report.frames_dropped
+        with self.report.stage_seconds("audio"):
+            wav = audio.read_frames(run[0].index, len(run), fps=FPS)  # (len(run) * 640,)
+        if audio.ended:
+            keep = min(len(run), max(0, audio.frames_available(FPS) - run[0].index))
+            if keep < len(run):
+                dropped[NO_AUDIO_LEFT] += len(run) - keep
+                run, wav = run[:keep], wav[: keep * SAMPLES_PER_FRAME]
         if not run:
             return
         if len(run) < self.options.min_frames:
-            self.report.frames_dropped[SHORT_TRACK] += len(run)
+            dropped[SHORT_TRACK] += len(run)
             return
         with self.report.stage_seconds("pack"):
-            sample = self._build(run, audio)
+            sample = self._build(run, wav)
         if self.features is not None:
             with self.report.stage_seconds("features"):
-                wav = audio_for_frames(audio, run[0].index, len(run), fps=FPS)
                 sample.members["whisper.npy"] = encode_npy(self.features(wav).astype(np.float16))
         self.report.samples.append(sample.key)
         self.report.frames_in_samples += len(run)
         yield sample
 
-    def _build(self, run: list[_Frame], audio: np.ndarray) -> SampleData:
+    def _build(self, run: list[_Frame], wav: np.ndarray) -> SampleData:
+        """The sample of a run; wav: (len(run) * 640,) float32, its 16 kHz audio."""
         start = run[0].index
         key = f"{self.source.source_id}_t{run[0].face.track_id}_{start:06d}"
-        wav = audio_for_frames(audio, start, len(run), fps=FPS)
         lms = np.stack([f.face.face.landmarks for f in run])
         det = np.stack([f.face.face.box for f in run])
         train = np.stack([R.training_box(d, lm) for d, lm in zip(det, lms, strict=True)])
