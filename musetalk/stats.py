@@ -36,6 +36,14 @@ from musetalk.face import region as R
 #: published by MuseTalk (assets/BBOX_SHIFT.md; S3FD detector boxes).
 MUSETALK_NOSE_LANDMARK_SHARES: dict[int, float] = {28: 0.15, 29: 0.63, 30: 0.22}
 
+#: Why a shift learnt from one dataset may not suit another model (part of every reason text).
+DETECTOR_CAVEAT = (
+    "The statistic depends on the face detector used in preprocessing (where its box top "
+    "sits): it matches models trained on shards made with the same face backend; for "
+    "MuseTalk's released weights (S3FD boxes, boundary mostly nearest landmark 29) the "
+    "matching value is about 0."
+)
+
 #: Environment variable the notebook reads the dataset directory from.
 SHARDS_ENV = "MUSETALK_SHARDS"
 
@@ -110,15 +118,14 @@ def _sample_columns(tar_name: str, meta: dict[str, Any], landmarks: bool) -> dic
     lms = np.asarray(meta["landmarks"], dtype=np.float64).reshape(n, 68, 2)
     det = np.asarray(meta["det_box"], dtype=np.float64).reshape(n, 4)
     norm = [np.nan if v is None else float(v) for v in meta["equivalent_shift_norm"]]
-    face = meta.get("face") or {}
     cols: dict[str, Any] = {
-        "source_id": [meta.get("source_id", meta["source"])] * n,
+        "source_id": [meta["source_id"]] * n,
         "source": [meta["source"]] * n,
-        "audio_source": [meta.get("audio_source")] * n,
+        "audio_source": [meta["audio_source"]] * n,
         "key": [meta["key"]] * n,
         "shard": [tar_name] * n,
-        "track_id": np.full(n, meta.get("track_id", -1), dtype=np.int64),
-        "face_backend": [face.get("backend")] * n,
+        "track_id": np.full(n, meta["track_id"], dtype=np.int64),
+        "face_backend": [meta["face"]["backend"]] * n,
         "source_height": np.full(n, meta["source_size"][0], dtype=np.int64),
         "source_width": np.full(n, meta["source_size"][1], dtype=np.int64),
         "sample_frame": np.arange(n, dtype=np.int64),
@@ -138,7 +145,7 @@ def _sample_columns(tar_name: str, meta: dict[str, Any], landmarks: bool) -> dic
         "nearest_nose_landmark": np.asarray(meta["nearest_nose_landmark"], dtype=np.int64),
         "equivalent_shift": np.asarray(meta["equivalent_shift"], dtype=np.float64),
         "equivalent_shift_norm": np.asarray(norm, dtype=np.float64),
-        "detected": np.asarray(meta.get("detected", [True] * n), dtype=bool),
+        "detected": np.asarray(meta["detected"], dtype=bool),
     }
     if landmarks:
         cols["landmarks"] = list(lms)
@@ -160,7 +167,9 @@ def load_frames(dataset_dir: str | Path, landmarks: bool = True) -> pd.DataFrame
     parts = [_sample_columns(tar, meta, landmarks) for tar, meta in iter_sample_meta(dataset_dir)]
     if not parts:
         raise ValueError(f"{dataset_dir}: the dataset has no samples")
-    columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    columns = {
+        name: np.concatenate([p[name] for p in parts]) for name in parts[0] if name != "landmarks"
+    }
     if landmarks:
         columns["landmarks"] = [lm for p in parts for lm in p["landmarks"]]
     return pd.DataFrame(columns)
@@ -172,14 +181,16 @@ def _group_keys(by: str | Sequence[str] | None) -> list[str]:
     return [by] if isinstance(by, str) else list(by)
 
 
-def nose_landmark_shares(frames: pd.DataFrame, by: str | Sequence[str] | None = None) -> pd.DataFrame:
+def nose_landmark_shares(
+    frames: pd.DataFrame, by: str | Sequence[str] | None = None
+) -> pd.DataFrame:
     """Frames whose training mask boundary is nearest landmark 28 / 29 / 30: count and share.
 
     Index: landmark (28, 29, 30), or (by..., landmark) when grouped. Columns: count, share
     (of the group's frames, sums to 1) and musetalk_share (MuseTalk's published shares).
     """
     values = frames["nearest_nose_landmark"]
-    unknown = sorted(set(values.unique()) - set(R.NOSE_LANDMARKS))
+    unknown = sorted(set(values.unique().tolist()) - set(R.NOSE_LANDMARKS))
     if unknown:
         raise ValueError(f"nearest_nose_landmark must be one of {R.NOSE_LANDMARKS}, got {unknown}")
     keys = _group_keys(by)
@@ -190,9 +201,13 @@ def nose_landmark_shares(frames: pd.DataFrame, by: str | Sequence[str] | None = 
             .unstack(fill_value=0)
             .reindex(columns=list(R.NOSE_LANDMARKS), fill_value=0)
         )
-        shares = counts.div(counts.sum(axis=1), axis=0)
-        counts.columns.name = shares.columns.name = "landmark"
-        table = pd.DataFrame({"count": counts.stack(), "share": shares.stack()})
+        counts.columns.name = "landmark"
+        table = (
+            counts.melt(ignore_index=False, value_name="count")
+            .set_index("landmark", append=True)
+            .sort_index()
+        )
+        table["share"] = table["count"] / table.groupby(level=keys)["count"].transform("sum")
     else:
         counts = values.value_counts().reindex(list(R.NOSE_LANDMARKS), fill_value=0)
         table = pd.DataFrame({"count": counts, "share": counts / counts.sum()})
@@ -213,14 +228,11 @@ def shift_quantiles(
     Index: q, or (by..., q) when grouped.
     """
     keys = _group_keys(by)
-    data = frames[list(SHIFT_COLUMNS)]
+    columns = list(SHIFT_COLUMNS)
     if keys:
-        table = frames.groupby(keys)[list(SHIFT_COLUMNS)].quantile(list(qs))
-        table.index = table.index.set_names([*keys, "q"])
-        return table
-    table = data.quantile(list(qs))
-    table.index.name = "q"
-    return table
+        table = frames.groupby(keys)[columns].quantile(list(qs))
+        return table.rename_axis([*keys, "q"])
+    return frames[columns].quantile(list(qs)).rename_axis("q")
 
 
 def per_source_ranges(frames: pd.DataFrame, by: str = "source_id") -> pd.DataFrame:
@@ -233,7 +245,9 @@ def per_source_ranges(frames: pd.DataFrame, by: str = "source_id") -> pd.DataFra
     landmark-30 end, above 1 below the nose tip.
     """
     if "landmarks" not in frames:
-        raise ValueError("per_source_ranges needs the landmarks column: load_frames(landmarks=True)")
+        raise ValueError(
+            "per_source_ranges needs the landmarks column: load_frames(landmarks=True)"
+        )
     rows = []
     for name, group in frames.groupby(by, sort=True):
         lo, hi = R.shift_range(group["landmarks"])
@@ -308,12 +322,6 @@ def recommend_bbox_shift(
     wanted = norm * nose
     lo_i, hi_i = int(lo), int(hi)
     shift = min(max(round(wanted), lo_i), hi_i)
-    source = ""
-    if isinstance(stats, pd.DataFrame):
-        backends = sorted(str(b) for b in stats.get("face_backend", pd.Series()).dropna().unique())
-        source = f" over {len(stats)} training frames" + (
-            f" (face backend {', '.join(backends)})" if backends else ""
-        )
     if shift == round(wanted):
         fit = f"inside this video's adjustable range [{lo_i} ~ {hi_i}] px"
     else:
@@ -324,11 +332,19 @@ def recommend_bbox_shift(
         )
     reason = (
         f"bbox_shift=auto -> {shift:+d} px. The training boxes put the mask boundary a median "
-        f"{norm:+.3f} nose lengths from landmark 29{source}. This video's median nose length "
-        f"(lm30.y - lm27.y) is {nose:.1f} px, so the same boundary is {wanted:+.1f} px from "
-        f"landmark 29, {fit}. The statistic depends on the face detector used in "
-        "preprocessing (where its box top sits): it matches models trained on shards made with "
-        "the same face backend; for MuseTalk's released weights (S3FD boxes, boundary mostly "
-        "nearest landmark 29) the matching value is about 0."
+        f"{norm:+.3f} nose lengths from landmark 29 (+ = below){_origin(stats)}. This video's "
+        f"median nose length (lm30.y - lm27.y) is {nose:.1f} px, so the same boundary is "
+        f"{wanted:+.1f} px from landmark 29, {fit}. {DETECTOR_CAVEAT}"
     )
     return ShiftRecommendation(shift, reason)
+
+
+def _origin(stats: pd.DataFrame | Mapping[str, Any] | float) -> str:
+    """Where the training statistic came from, for the reason text."""
+    if not isinstance(stats, pd.DataFrame):
+        return ""
+    text = f" over {len(stats)} training frames"
+    if "face_backend" in stats:
+        backends = sorted(str(b) for b in stats["face_backend"].dropna().unique())
+        text += f" (face backend {', '.join(backends)})" if backends else ""
+    return text
