@@ -1,0 +1,162 @@
+"""Training data throughput: clips/s of TalkingFaceDataModule on shards of the shared video.
+
+Shards are made with the real preprocessing (default options: one 250-frame sample per source)
+from `--copies` symlinked copies of the video (one shard each). For the stage-1 setting (F 1,
+batch 32) and the stage-2 setting (F 16, batch 2, bottom margin, sync mel) and num_workers
+0, 1, 2, the loader runs `--batches` batches after one warm-up batch (worker start and shuffle
+buffer fill excluded); clips/s (= training samples/s) are reported in total and per worker
+process (num_workers 0 counts the main process as one). Next to it: what one GPU consumes, from
+an ASSUMED step rate (not measured here: no GPU). Prints a table, writes
+bench/results/train_data.json.
+
+    .venv/bin/python bench/train_data.py [--video PATH] [--copies N] [--batches N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+from musetalk.data import preprocess as P
+from musetalk.training.data import TalkingFaceDataModule
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "talking_demo1.mp4"
+
+SETTINGS = {
+    "stage1": {"frames_per_sample": 1, "batch_size": 32},
+    "stage2": {
+        "frames_per_sample": 16,
+        "batch_size": 2,
+        "bottom_margin": {"mean": 10.0, "std": 10.0, "max": 20.0},
+        "sync_mel": True,
+        "shuffle_buffer": 16,
+    },
+}
+
+#: ASSUMPTION (no GPU here): training steps per second of one A100-80GB GPU with MuseTalk's
+#: recipe (fp32, gradient checkpointing, VAE decoder + VGG/GAN/sync losses in pixel space).
+ASSUMED_GPU_STEPS_PER_S = {"stage1": 2.0, "stage2": 2.0}
+
+
+def make_shards(video: Path, copies: int, tmp: Path) -> Path:
+    links = []
+    for k in range(copies):  # distinct paths, the same bytes
+        link = tmp / f"copy{k}{video.suffix}"
+        link.symlink_to(video)
+        links.append(link)
+    listing = tmp / "list.csv"
+    listing.write_text("video\n" + "\n".join(str(p) for p in links) + "\n")
+    out = tmp / "shards"
+    P.preprocess(
+        P.PreprocessConfig(
+            input=str(listing), output=str(out), sources_per_shard=1, workers=1, progress=False
+        )
+    )
+    return out
+
+
+def measure(shards: Path, setting: str, workers: int, batches: int) -> dict:
+    kwargs = dict(SETTINGS[setting])
+    dm = TalkingFaceDataModule(
+        str(shards), num_workers=workers, batches_per_epoch=batches + 1, seed=0, **kwargs
+    )
+    loader = dm.train_loader()
+    start = time.perf_counter()
+    cpu = time.process_time()
+    it = iter(loader)
+    next(it)
+    first = time.perf_counter() - start
+    start, cpu = time.perf_counter(), time.process_time()
+    count = sum(1 for _ in it)
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    clips = count * kwargs["batch_size"]
+    rate = clips / wall
+    return {
+        "setting": setting,
+        "num_workers": workers,
+        "batch_size": kwargs["batch_size"],
+        "frames_per_sample": kwargs["frames_per_sample"],
+        "batches": count,
+        "seconds": wall,
+        "first_batch_seconds": first,
+        "clips_per_s": rate,
+        "clips_per_s_per_worker": rate / max(1, workers),
+        "frames_per_s": rate * kwargs["frames_per_sample"],
+        "main_process_cpu_seconds": cpu,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
+    parser.add_argument("--copies", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_data.json")
+    args = parser.parse_args()
+
+    load = os.getloadavg()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = make_shards(args.video, args.copies, Path(tmp))
+        for setting in SETTINGS:
+            for workers in (0, 1, 2):
+                rows.append(measure(shards, setting, workers, args.batches))
+    gpu = {
+        s: {
+            "assumed_steps_per_s": steps,
+            "clips_per_s": steps * SETTINGS[s]["batch_size"],
+            "assumption": "A100-80GB, MuseTalk recipe, fp32 + gradient checkpointing; not measured",
+        }
+        for s, steps in ASSUMED_GPU_STEPS_PER_S.items()
+    }
+    for row in rows:
+        need = gpu[row["setting"]]["clips_per_s"]
+        row["workers_per_gpu_needed"] = need / row["clips_per_s_per_worker"]
+    result = {
+        "date": date.today().isoformat(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_at_start": load,
+        },
+        "video": args.video.name,
+        "shards": args.copies,
+        "settings": SETTINGS,
+        "defaults": {"clips_per_sample": 4, "shuffle_buffer": 64},
+        "runs": rows,
+        "gpu_consumption_assumed": gpu,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+    print(f"\ntraining data benchmark: {args.video.name}, {result['date']}, {os.cpu_count()} cores")
+    header = (
+        f"{'setting':<8}{'workers':>8}{'clips/s':>10}{'per worker':>12}{'frames/s':>10}"
+        f"{'1st batch s':>13}{'workers/GPU*':>14}"
+    )
+    print(header)
+    for r in rows:
+        print(
+            f"{r['setting']:<8}{r['num_workers']:>8}{r['clips_per_s']:>10.1f}"
+            f"{r['clips_per_s_per_worker']:>12.1f}{r['frames_per_s']:>10.1f}"
+            f"{r['first_batch_seconds']:>13.2f}{r['workers_per_gpu_needed']:>14.2f}"
+        )
+    for s, g in gpu.items():
+        print(
+            f"* ASSUMED GPU consumption, {s}: {g['assumed_steps_per_s']} steps/s x batch "
+            f"{SETTINGS[s]['batch_size']} = {g['clips_per_s']:.0f} clips/s ({g['assumption']})"
+        )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
