@@ -152,6 +152,43 @@ class WhisperEncoder:
         self.num_hidden_states: int = whisper.config.encoder_layers + 1  # 5 for whisper-tiny
         self.hidden_size: int = whisper.config.d_model  # 384 for whisper-tiny
 
+    def log_mel(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, 80, 3000) float32 Whisper log-mel of (B, N) float audio at 16 kHz, N <= 480000.
+
+        Torch on `audio`'s device (no round trip through numpy, so the training loop can run it
+        on the GPU): each row zero padded to 30 s and normalised on its own, like the feature
+        extractor that `encode` uses (equal within float tolerance).
+        """
+        if audio.ndim != 2 or not audio.is_floating_point():
+            raise ValueError(f"expected float audio (B, N), got {tuple(audio.shape)} {audio.dtype}")
+        if audio.shape[1] > self.window_samples:
+            raise ValueError(
+                f"expected at most {self.window_samples} samples (30 s) per row, "
+                f"got {audio.shape[1]}"
+            )
+        ex = self.extractor
+        audio = torch.nn.functional.pad(audio.float(), (0, self.window_samples - audio.shape[1]))
+        window = torch.hann_window(ex.n_fft, device=audio.device)
+        stft = torch.stft(audio, ex.n_fft, ex.hop_length, window=window, return_complex=True)
+        power = (stft[..., :-1].abs() ** 2).contiguous()  # (B, 201, 3000)
+        filters = torch.as_tensor(ex.mel_filters, dtype=torch.float32, device=audio.device)
+        log_spec = torch.clamp(filters.T @ power, min=1e-10).log10()
+        peak = log_spec.amax(dim=(1, 2), keepdim=True)
+        return (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
+
+    def hidden_states(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, 1500, L + 1, d) float32 hidden states of (B, N <= 480000) audio rows at 16 kHz.
+
+        One 30 s encoder window per row, computed on the encoder's device without gradients;
+        step s covers [s / 50, (s + 1) / 50) s. Steps at or past floor(N_true / 320) see the zero
+        padding: cut them (as `encode` does) before windowing with the true audio length.
+        """
+        param = next(self.encoder.parameters())
+        mel = self.log_mel(audio.to(param.device))
+        with torch.no_grad():
+            states = self.encoder(mel.to(param.dtype), output_hidden_states=True).hidden_states
+        return torch.stack(states, dim=2).float()
+
     def encode(self, audio: np.ndarray, sr: int = SAMPLE_RATE, batch_size: int = 8) -> np.ndarray:
         """(T50, L + 1, d) float32 hidden states of (N,) float mono audio at 16 kHz.
 

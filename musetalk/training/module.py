@@ -1,0 +1,333 @@
+"""The LightningModule: MuseTalk's single-step latent inpainting, trained in pixel space.
+
+Per clip frame: the target crop with its lower half blacked out and a reference crop of the same
+person are VAE-encoded (frozen) and concatenated on channels (masked first), the UNet predicts the
+target latent at timestep 0 conditioned on the frame's Whisper tokens, and the frozen VAE decoder
+(with gradients) turns the prediction into an image on which the losses are computed: L1 and
+VGG19 perceptual (stage 1), plus patch GANs on the face and the mouth, feature matching and the
+SyncNet loss (stage 2).
+
+Optimisation is manual in every stage, so that stage 1 and stage 2 step the same way: one
+backward per batch of (generator loss + discriminator losses), where the discriminators get no
+gradient from the generator terms and the UNet none from the discriminator terms; gradients are
+accumulated over `accumulate_grad_batches` batches (DDP gradient sync only on the last one), then
+each optimizer (AdamW: the UNet's with linear warmup, one per discriminator) clips and steps.
+`trainer.global_step` counts UNet updates only: the discriminators step their torch optimizers
+directly, which Lightning does not count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import lightning as L
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from lightning.pytorch.strategies import ParallelStrategy
+from torch import nn
+
+from musetalk.audio.whisper import WhisperEncoder
+from musetalk.audio.windows import add_positional_encoding
+from musetalk.losses import AdversarialLoss, SyncLoss
+from musetalk.models import decode, encode, load_unet, mask_lower_half, unet_input
+from musetalk.training.data import wav_audio_windows
+
+__all__ = ["MuseTalkModule"]
+
+
+class MuseTalkModule(L.LightningModule):
+    """Trainable UNet with frozen VAE and Whisper encoder, and a dict of losses.
+
+    unet: the UNet (random init); init_unet: weights loaded into it strictly before training
+        (released v1.0 `pytorch_model.bin`, v1.5 `unet.pth`, our export's `unet.safetensors` /
+        `unet.pth`, or a Lightning checkpoint of this module), None = keep the random init.
+    vae, whisper: frozen (AutoencoderKL, `WhisperEncoder`).
+    losses: name -> loss module (`musetalk.losses`); inactive ones (weight 0) and None are
+        dropped. Images go through the losses as (B*F, 3, S, S) in [-1, 1].
+    audio_positional_encoding: add the sinusoidal encoding to the audio tokens (inference must
+        use the same value; the export records it).
+    gradient_checkpointing: diffusers' activation checkpointing in the UNet.
+    lr, betas, weight_decay, eps, warmup_steps: the UNet's AdamW and its linear warmup (optimizer
+        steps) to a constant lr.
+    discriminator_lr: AdamW lr of each discriminator (same betas, weight decay, eps).
+    accumulate_grad_batches: batches per optimizer step. max_grad_norm: per-optimizer gradient
+        norm clipping (None = off).
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        whisper: WhisperEncoder,
+        losses: Mapping[str, nn.Module | None],
+        init_unet: str | None = None,
+        audio_positional_encoding: bool = True,
+        gradient_checkpointing: bool = False,
+        lr: float = 2e-5,
+        betas: Sequence[float] = (0.5, 0.999),
+        weight_decay: float = 1e-2,
+        eps: float = 1e-8,
+        warmup_steps: int = 1000,
+        discriminator_lr: float = 5e-6,
+        accumulate_grad_batches: int = 1,
+        max_grad_norm: float | None = 1.0,
+    ) -> None:
+        super().__init__()
+        if accumulate_grad_batches < 1 or warmup_steps < 0 or lr <= 0:
+            raise ValueError(
+                "need accumulate_grad_batches >= 1, warmup_steps >= 0, lr > 0, got "
+                f"{accumulate_grad_batches}, {warmup_steps}, {lr}"
+            )
+        self.automatic_optimization = False
+        if init_unet:  # the same architecture, with the file's weights (strict)
+            unet = load_unet(init_unet, dict(unet.config))
+        if gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.unet = unet.train().requires_grad_(True)
+        self.vae = vae.eval().requires_grad_(False)
+        self.whisper = whisper  # not an nn.Module: its encoder is registered below
+        self.audio_encoder = whisper.encoder.eval().requires_grad_(False)
+        active = {name: loss for name, loss in losses.items() if loss is not None and loss.active}
+        if not active:
+            raise ValueError(f"no active loss among {sorted(losses)} (all weights are 0)")
+        self.losses = nn.ModuleDict(active)
+        self.audio_positional_encoding = bool(audio_positional_encoding)
+        self.init_unet = init_unet
+        self.optim = {
+            "lr": float(lr),
+            "betas": tuple(float(b) for b in betas),
+            "weight_decay": float(weight_decay),
+            "eps": float(eps),
+        }
+        self.warmup_steps = int(warmup_steps)
+        self.discriminator_lr = float(discriminator_lr)
+        self.accumulate_grad_batches = int(accumulate_grad_batches)
+        self.max_grad_norm = max_grad_norm
+        self._running: dict[str, float] = {}
+        self._running_batches = 0
+        self._batch_size = 1
+
+    # ----------------------------------------------------------------------------- structure
+
+    @property
+    def adversarial(self) -> dict[str, AdversarialLoss]:
+        return {k: v for k, v in self.losses.items() if isinstance(v, AdversarialLoss)}
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules that never train (kept in eval mode, left out of checkpoints)."""
+        return [self.vae, self.audio_encoder] + [
+            m for m in self.losses.values() if not isinstance(m, AdversarialLoss)
+        ]
+
+    def train(self, mode: bool = True) -> MuseTalkModule:
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+        unet_opt = torch.optim.AdamW(self.unet.parameters(), **self.optim)
+        warmup = self.warmup_steps
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            unet_opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
+        disc_opts = [
+            torch.optim.AdamW(
+                loss.discriminator.parameters(), **{**self.optim, "lr": self.discriminator_lr}
+            )
+            for loss in self.adversarial.values()
+        ]
+        return [unet_opt, *disc_opts], [schedule]
+
+    def on_fit_start(self) -> None:
+        precision = str(self.trainer.precision)
+        if precision.startswith("16"):
+            raise ValueError(
+                f"precision={precision} needs a gradient scaler per optimizer, which this module "
+                "does not use; train with bf16-mixed or 32-true"
+            )
+
+    # ----------------------------------------------------------------------------- forward
+
+    def audio_tokens(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """(B * F, 10 L, d) UNet conditioning of a batch (cached windows, or Whisper on the
+        batch's 30 s audio), with the positional encoding when configured."""
+        if "audio" in batch:
+            tokens = batch["audio"]
+        elif "audio_wav" in batch:
+            features = self.whisper.hidden_states(batch["audio_wav"])
+            tokens = wav_audio_windows(features, batch["audio_samples"], batch["frame_index"])
+        else:
+            raise KeyError("the batch has neither 'audio' (cached windows) nor 'audio_wav'")
+        tokens = tokens.flatten(0, 1).to(self.device, torch.float32)
+        return add_positional_encoding(tokens) if self.audio_positional_encoding else tokens
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Predict the batch's targets: {"pred", "target", "reference", "masked"}, each
+        (B * F, 3, S, S) in about [-1, 1] ("pred" carries gradients to the UNet)."""
+        target = batch["target"].flatten(0, 1)
+        reference = batch["reference"].flatten(0, 1)
+        masked = mask_lower_half(target)
+        with torch.no_grad():
+            masked_latents = encode(self.vae, masked)  # (N, 4, S/8, S/8)
+            reference_latents = encode(self.vae, reference)
+        latents = self.unet(
+            unet_input(masked_latents, reference_latents),
+            0,
+            encoder_hidden_states=self.audio_tokens(batch),
+        ).sample
+        pred = decode(self.vae, latents)
+        return {"pred": pred, "target": target, "reference": reference, "masked": masked}
+
+    def losses_of(
+        self, batch: Mapping[str, Any], out: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(weighted generator loss, discriminator loss, unweighted terms for logging)."""
+        pred, target = out["pred"], out["target"]
+        b, f = batch["target"].shape[:2]
+        boxes = batch.get("mouth_box")
+        boxes = boxes.flatten(0, 1) if boxes is not None else None
+        terms: dict[str, torch.Tensor] = {}
+        generator = pred.new_zeros((), dtype=torch.float32)
+        discriminator = pred.new_zeros((), dtype=torch.float32)
+        for name, loss in self.losses.items():
+            if isinstance(loss, AdversarialLoss):
+                on = loss.factor(self.global_step)
+                gan, fm = loss.generator_terms(pred, target, boxes)
+                d_loss = loss.discriminator_loss(pred.detach(), target, boxes)
+                generator = generator + on * (loss.weight * gan + loss.feature_matching * fm)
+                discriminator = discriminator + on * d_loss
+                terms |= {name: gan, f"{name}_fm": fm, f"{name}_d": d_loss}
+            elif isinstance(loss, SyncLoss):
+                if "mel" not in batch:
+                    raise KeyError("the sync loss needs 'mel' in the batch (data.sync_mel=true)")
+                clips = pred.unflatten(0, (b, f))
+                terms[name] = loss(clips, batch["mel"].to(pred.device))
+                generator = generator + loss.weight * terms[name]
+            else:
+                terms[name] = loss(pred, target)
+                generator = generator + loss.weight * terms[name]
+        return generator, discriminator, terms
+
+    # ----------------------------------------------------------------------------- steps
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        step_now = (batch_idx + 1) % self.accumulate_grad_batches == 0 or self.trainer.is_last_batch
+        out = self(batch)
+        generator, discriminator, terms = self.losses_of(batch, out)
+        total = generator + discriminator
+        strategy = self.trainer.strategy
+        no_sync = not step_now and isinstance(strategy, ParallelStrategy)
+        with strategy.block_backward_sync() if no_sync else nullcontext():
+            self.manual_backward(total / self.accumulate_grad_batches)
+        self._accumulate({"loss": generator, **terms}, batch_size=batch["target"].shape[0])
+        if step_now:
+            unet_opt, *disc_opts = optimizers
+            lr = unet_opt.param_groups[0]["lr"]  # the lr of this update
+            for opt in disc_opts:  # torch optimizers directly: not counted in global_step
+                self._clip(opt)
+                opt.optimizer.step()
+                opt.optimizer.zero_grad(set_to_none=True)
+            self._clip(unet_opt)
+            unet_opt.step()
+            unet_opt.zero_grad(set_to_none=True)
+            self.lr_schedulers().step()
+            self._log_running(lr)
+        return total.detach()
+
+    def _clip(self, opt: Any) -> None:
+        if self.max_grad_norm is not None:
+            self.clip_gradients(
+                opt, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
+            )
+
+    def _accumulate(self, values: Mapping[str, torch.Tensor], batch_size: int) -> None:
+        for key, value in values.items():
+            self._running[key] = self._running.get(key, 0.0) + float(value.detach())
+        self._running_batches += 1
+        self._batch_size = batch_size
+
+    def _log_running(self, lr: float) -> None:
+        """Log the means over the batches of this optimizer step at x = `global_step` (UNet
+        updates done, as in the checkpoint names), every `trainer.log_every_n_steps` updates.
+
+        Written to the loggers directly: Lightning's `self.log` would re-send these values on
+        the batches between updates when gradients are accumulated."""
+        n = max(1, self._running_batches)
+        metrics = {f"train/{k}": v / n for k, v in self._running.items()}
+        metrics["train/lr"] = lr
+        self._running, self._running_batches = {}, 0
+        self.log_dict(metrics, logger=False, batch_size=self._batch_size)  # callback_metrics
+        self.log(
+            "loss", metrics["train/loss"], prog_bar=True, logger=False, batch_size=self._batch_size
+        )
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=self.global_step)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums: dict[str, float] = {}
+        self._val_clips = 0
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        """The image losses (L1, perceptual) on a validation batch, summed for the epoch mean;
+        returns the images ({"masked", "reference", "pred", "target"}, the first 16 as
+        (N, 3, S, S) on the CPU) for the image grid callback."""
+        out = self(batch)
+        n = batch["target"].shape[0]
+        for name, loss in self.losses.items():
+            if not isinstance(loss, (AdversarialLoss, SyncLoss)):
+                value = float(loss(out["pred"], out["target"]))
+                self._val_sums[name] = self._val_sums.get(name, 0.0) + value * n
+        self._val_clips += n
+        return {k: v[:16].detach().float().cpu() for k, v in out.items()}
+
+    def on_validation_epoch_end(self) -> None:
+        """Clip-weighted means over all ranks, logged at x = `global_step` (directly to the
+        loggers, like the training metrics) and into `callback_metrics`."""
+        names = sorted(self._val_sums)
+        totals = torch.tensor(
+            [self._val_sums[k] for k in names] + [self._val_clips],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        if not names or totals[-1] <= 0:
+            return
+        metrics = {f"val/{k}": float(totals[i] / totals[-1]) for i, k in enumerate(names)}
+        self.log_dict(metrics, logger=False)
+        if not self.trainer.sanity_checking:
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=self.global_step)
+
+    # ----------------------------------------------------------------------------- checkpoints
+
+    def _frozen_keys(self) -> set[str]:
+        names = {id(p): n for n, p in self.named_parameters()}
+        return {
+            names[id(p)] for m in self.frozen_modules() for p in m.parameters() if id(p) in names
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the frozen networks' weights out (they come from their own files)."""
+        frozen = self._frozen_keys()
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if k not in frozen}
+        checkpoint["musetalk"] = {"audio_positional_encoding": self.audio_positional_encoding}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Put the frozen networks' current weights back, so that the strict load succeeds."""
+        state = checkpoint["state_dict"]
+        own = self.state_dict()
+        for key in self._frozen_keys():
+            state.setdefault(key, own[key])
+        saved = checkpoint.get("musetalk", {}).get("audio_positional_encoding")
+        if saved is not None and bool(saved) != self.audio_positional_encoding:
+            raise ValueError(
+                f"the checkpoint was trained with audio_positional_encoding={saved}, this run "
+                f"has {self.audio_positional_encoding}: resume with the same value"
+            )
