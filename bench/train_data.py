@@ -94,6 +94,51 @@ def measure(shards: Path, setting: str, workers: int, batches: int) -> dict:
     }
 
 
+def tiny_step_seconds(shards: Path, steps: int, run_dir: Path) -> float:
+    """Median wall seconds per training step of the `tiny` experiment (CPU, after 2 warm-up
+    steps), through the real Trainer + module + DataModule built from the configs."""
+    import statistics
+
+    import lightning as L
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    class StepTimer(L.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_train_batch_start(self, *args) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, *args) -> None:
+            self.times.append(time.perf_counter() - self.start)
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            [
+                "+experiment=tiny",
+                f"data.shards={shards}",
+                f"paths.output_dir={run_dir}",
+                "data.val_shards=null",
+            ],
+        )
+    timer = StepTimer()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps + 2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
+        default_root_dir=str(run_dir),
+    )
+    trainer.fit(instantiate(cfg.module), datamodule=instantiate(cfg.data))
+    return statistics.median(timer.times[2:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
@@ -109,6 +154,7 @@ def main() -> None:
         for setting in SETTINGS:
             for workers in (0, 1, 2):
                 rows.append(measure(shards, setting, workers, args.batches))
+        tiny_step = tiny_step_seconds(shards, args.batches, Path(tmp) / "tiny_run")
     gpu = {
         s: {
             "assumed_steps_per_s": steps,
@@ -133,6 +179,7 @@ def main() -> None:
         "settings": SETTINGS,
         "defaults": {"clips_per_sample": 4, "shuffle_buffer": 64},
         "runs": rows,
+        "tiny_experiment_step_seconds": tiny_step,
         "gpu_consumption_assumed": gpu,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -155,6 +202,7 @@ def main() -> None:
             f"* ASSUMED GPU consumption, {s}: {g['assumed_steps_per_s']} steps/s x batch "
             f"{SETTINGS[s]['batch_size']} = {g['clips_per_s']:.0f} clips/s ({g['assumption']})"
         )
+    print(f"tiny experiment (CPU, 2 clips of 64 px per step): {tiny_step:.2f} s/step")
     print(f"wrote {args.out}")
 
 
