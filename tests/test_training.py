@@ -610,6 +610,55 @@ def test_resume_continues_exactly(shards: Path, tmp_path: Path) -> None:
         fit_fixed(mismatch, batches, ckpt_path=str(first))
 
 
+@pytest.mark.parametrize("per_epoch", [3, 2])
+def test_resume_continues_the_data_stream(shards: Path, tmp_path: Path, per_epoch: int) -> None:
+    """Resuming from a checkpoint of the real DataModule (mid-epoch, or at the end of an epoch)
+    trains on the batches the uninterrupted run trained on next (sample keys and frames), with
+    the same losses."""
+    overrides = [
+        "trainer.max_steps=5",
+        f"data.batches_per_epoch={per_epoch}",
+        "trainer.limit_val_batches=0",
+        "callbacks.checkpoint.every_n_train_steps=2",
+    ]
+
+    def run(out: Path, ckpt_path: str | None = None):
+        cfg = tiny_cfg(
+            shards,
+            out,
+            *overrides,
+            "+callbacks.samples._target_=musetalk.training.callbacks.SampleLog",
+            f"+callbacks.samples.dirpath={out / 'samples'}",
+        )
+        L.seed_everything(cfg.seed)
+        module = instantiate(cfg.module)
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=[instantiate(c) for c in cfg.callbacks.values()],
+            logger=[instantiate(cfg.logger.csv)],
+            default_root_dir=cfg.paths.output_dir,
+        )
+        result = fit(trainer, module, instantiate(cfg.data), ckpt_path=ckpt_path)
+        lines = (out / "samples" / "rank0.tsv").read_text().splitlines()
+        return result, {int(step): clips for step, _, clips in (r.split("\t") for r in lines)}
+
+    a_dir, b_dir = tmp_path / "uninterrupted", tmp_path / "resumed"
+    result, a = run(a_dir)
+    assert result.global_step == 5 and sorted(a) == [1, 2, 3, 4, 5]
+    assert len(set(a.values())) == 5  # every step trained on other clips
+    first = a_dir / "checkpoints" / "step0000002.ckpt"
+    for step in (2, 4):  # epoch and batches trained on in it, a finished epoch rolled over
+        ckpt = torch.load(a_dir / "checkpoints" / f"step{step:07d}.ckpt", weights_only=False)
+        epoch, batches = divmod(step, per_epoch)
+        assert ckpt["TalkingFaceDataModule"] == {"epoch": epoch, "batches": batches}
+    result, b = run(b_dir, ckpt_path=str(first))
+    assert result.global_step == 5
+    assert b == {step: a[step] for step in (3, 4, 5)}  # the unseen batches, in order
+    rows_a, rows_b = train_rows(a_dir), train_rows(b_dir)
+    for step in (3, 4, 5):
+        assert rows_b[step]["train/loss"] == pytest.approx(rows_a[step]["train/loss"], rel=1e-6)
+
+
 @pytest.mark.slow
 def test_stage2_gan_and_sync_paths_with_tiny_networks(
     shards: Path, stage1_run, tmp_path: Path

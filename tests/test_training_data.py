@@ -383,6 +383,40 @@ def test_ranks_get_exact_batches_on_uneven_shards(uneven_shards: Path) -> None:
     assert draws(rank0) != first0  # the next epoch draws anew
 
 
+def stream(loader, n: int) -> list[tuple]:
+    """n batches of a train loader over its epochs: (keys, target_index, target) per batch."""
+    out = []
+    while len(out) < n:
+        for b in loader:
+            out.append((b["key"], b["target_index"], b["target"]))
+            if len(out) == n:
+                break
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_restored_state_continues_the_stream(uneven_shards: Path, workers: int) -> None:
+    """A DataModule restored from another's state_dict after k batches yields that one's batches
+    k + 1 .. N (mid-epoch, at and across the epoch boundary; with persistent workers too)."""
+    kwargs = dict(batch_size=2, batches_per_epoch=3, clips_per_sample=2, num_workers=workers)
+    reference = stream(datamodule(uneven_shards, **kwargs).train_loader(), 8)
+    for k in (1, 2, 3, 4, 5):
+        first = datamodule(uneven_shards, **kwargs)
+        loader = first.train_loader()
+        assert len(stream(loader, k)) == k
+        state = first.state_dict()
+        assert state == {"epoch": k // 3, "batches": k % 3}
+        second = datamodule(uneven_shards, **kwargs)
+        second.load_state_dict(state)
+        assert second.state_dict() == state
+        rest = stream(second.train_loader(), 8 - k)
+        for (keys, index, target), (ref_keys, ref_index, ref_target) in zip(
+            rest, reference[k:], strict=True
+        ):
+            assert keys == ref_keys
+            assert torch.equal(index, ref_index) and torch.equal(target, ref_target)
+
+
 def test_two_workers_and_lightning_fit(uneven_shards: Path) -> None:
     dm = datamodule(uneven_shards, batch_size=2, batches_per_epoch=3, num_workers=2)
     loader = dm.train_loader()

@@ -47,13 +47,17 @@ Loading: plain `webdataset` stages with `musetalk.data.reader.decode_sample` (no
 schema/region versions refused). Training draws shards with replacement (`ResampledShards`),
 per (seed, rank, worker, epoch), through a clip shuffle buffer, and stops after exactly
 `batches_per_epoch` batches per rank (split over the loader's workers), so every DDP rank runs
-the same number of steps however uneven the shards are. Validation is one deterministic pass over
-`val_shards` (or the last `val_fraction` of the shards) in the main process.
+the same number of steps however uneven the shards are. The stream is resumable: the DataModule's
+`state_dict` (saved by Lightning in checkpoints) holds the epoch and the batches already trained
+on in it, and a restored DataModule rebuilds that epoch's stream and skips those batches.
+Validation is one deterministic pass over `val_shards` (or the last `val_fraction` of the
+shards) in the main process.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import random
@@ -512,6 +516,10 @@ class ShardClips(IterableDataset):
     workers: worker w of W yields num_batches // W (+1 for w < num_batches % W)), or None for
     one deterministic pass over the shards (validation; partial last batch kept).
     rank: the DDP rank, mixed into the seeds so that ranks draw different shards and clips.
+    epoch: the epoch of this copy's next pass; each pass draws from (seed, rank, worker, epoch)
+    and advances it (DataLoader workers advance their own copies). skip: batches of the rank's
+    epoch stream to leave out of the next pass (resume); the workers' round robin is rotated so
+    the remaining batches come in the uninterrupted order.
     """
 
     def __init__(
@@ -532,8 +540,8 @@ class ShardClips(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.rank = rank
         self.seed = seed
-        self.epoch = 0  # advanced by the loader in the main process (see `_EpochLoader`)
-        self._iterations = 0  # iterations of this copy (persistent workers keep theirs)
+        self.epoch = 0
+        self.skip = 0
 
     def __len__(self) -> int:
         if self.num_batches is None:
@@ -545,13 +553,19 @@ class ShardClips(IterableDataset):
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         if info is not None:
             cv2.setNumThreads(1)
-        self._iterations += 1
         if self.num_batches is None:
             return iter(self._validation_pass())
-        count = self.num_batches // workers + int(worker < self.num_batches % workers)
-        if count == 0:
+        epoch, skip = self.epoch, self.skip
+        self.epoch, self.skip = epoch + 1, 0
+        # Batch i of the epoch comes from stream i % W (the loader's round robin); after `skip`
+        # batches, loader worker w plays stream (w + skip) % W, which has given `done` of them.
+        rotation = skip % workers
+        stream = (worker + rotation) % workers
+        count = self.num_batches // workers + int(stream < self.num_batches % workers)
+        done = min(count, skip // workers + int(stream < rotation))
+        if count == done:
             return iter(())
-        entropy = [self.seed, self.rank, worker, self.epoch, self._iterations]
+        entropy = [self.seed, self.rank, stream, epoch]
         shard_seed, clip_seed, shuffle_seed = np.random.SeedSequence(entropy).generate_state(3)
         shards = wds.ResampledShards(
             self.urls, seed=int(shard_seed), worker_seed=_no_worker_seed, deterministic=True
@@ -566,7 +580,8 @@ class ShardClips(IterableDataset):
             rng = random.Random(int(shuffle_seed))
             stages.append(wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng))
         stages.append(wds.batched(self.batch_size, collation_fn=collate, partial=False))
-        return iter(wds.DataPipeline(*stages).with_epoch(nbatches=count))
+        batches = iter(wds.DataPipeline(*stages).with_epoch(nbatches=count))
+        return itertools.islice(batches, done, None)  # skipped batches are decoded (resume only)
 
     def _validation_pass(self) -> wds.DataPipeline:
         return wds.DataPipeline(
@@ -581,12 +596,28 @@ def _no_worker_seed() -> int:
 
 
 class _EpochLoader(DataLoader):
-    """A DataLoader that advances its ShardClips' epoch before each pass (new draws per epoch;
-    workers started afterwards receive the new value)."""
+    """A DataLoader over a ShardClips that knows its position: `epoch` of the current pass and
+    `batches` of it yielded so far (skipped ones included). Each pass is the next epoch; the
+    dataset's epoch and skip reach the workers when they start (persistent workers then advance
+    their own copies; non-persistent ones get the main copy, advanced here)."""
+
+    def __init__(self, dataset: ShardClips, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.epoch, self.batches = dataset.epoch, dataset.skip
+        self._next = (dataset.epoch, dataset.skip)
 
     def __iter__(self) -> Any:
-        self.dataset.epoch += 1
-        return super().__iter__()
+        self.epoch, self.batches = self._next
+        self._next = (self.epoch + 1, 0)
+        iterator = super().__iter__()
+        if self.num_workers > 0 and not self.persistent_workers:
+            self.dataset.epoch, self.dataset.skip = self._next
+        return self._counted(iterator)
+
+    def _counted(self, iterator: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for batch in iterator:
+            self.batches += 1
+            yield batch
 
 
 # --------------------------------------------------------------------------- datamodule
@@ -618,6 +649,11 @@ class TalkingFaceDataModule(L.LightningDataModule):
     val_shards: validation shards (same forms as `shards`); else val_fraction > 0 holds out the
         last ceil(val_fraction * n) training shards; else no validation.
     val_batch_size: defaults to batch_size. seed: base seed of all draws.
+
+    Resume: `state_dict()` is {"epoch", "batches"}: the training epoch in progress and the
+    batches of it already trained on (the Trainer's count while fitting, else the ones the last
+    train loader yielded); Lightning stores it in checkpoints and calls `load_state_dict` before
+    building the loaders, and `train_loader` then continues with the next unseen batch.
     """
 
     def __init__(
@@ -677,6 +713,8 @@ class TalkingFaceDataModule(L.LightningDataModule):
         )
         self.train_urls: list[str] | None = None
         self.val_urls: list[str] = []
+        self._start = (0, 0)  # (epoch, batches done) where a new train loader starts
+        self._loader: _EpochLoader | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve the shard lists and the audio mode (reads the first training sample)."""
@@ -701,7 +739,7 @@ class TalkingFaceDataModule(L.LightningDataModule):
     def train_dataset(self, rank: int = 0) -> ShardClips:
         """The training stream of DDP rank `rank` (`batches_per_epoch` batches per epoch)."""
         self.setup()
-        return ShardClips(
+        dataset = ShardClips(
             self.train_urls,
             self.options,
             self.batch_size,
@@ -710,11 +748,13 @@ class TalkingFaceDataModule(L.LightningDataModule):
             rank=rank,
             seed=self.seed,
         )
+        dataset.epoch, dataset.skip = self._start
+        return dataset
 
     def train_loader(self, rank: int = 0) -> DataLoader:
         """DataLoader of `train_dataset(rank)` with `num_workers` processes; len = batches."""
         workers = self.num_workers
-        return _EpochLoader(
+        self._loader = _EpochLoader(
             self.train_dataset(rank),
             batch_size=None,
             num_workers=workers,
@@ -722,10 +762,29 @@ class TalkingFaceDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=2 if workers > 0 else None,
         )
+        return self._loader
 
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         return self.train_loader(rank)
+
+    def state_dict(self) -> dict[str, int]:
+        """{"epoch", "batches"}: where the training stream stands (see the class docstring)."""
+        if self._loader is None:
+            epoch, batches = self._start
+        else:
+            epoch, batches = self._loader.epoch, self._loader.batches
+            trainer = self.trainer
+            if trainer is not None and trainer.state.fn == "fit":
+                # Lightning fetches ahead: count the batches it trained on, not the fetched ones.
+                batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return _position(epoch, batches, self.batches_per_epoch)
+
+    def load_state_dict(self, state_dict: Mapping[str, int]) -> None:
+        """Continue the training stream from `state_dict` in the next `train_loader`."""
+        state = _position(state_dict["epoch"], state_dict["batches"], self.batches_per_epoch)
+        self._start = (state["epoch"], state["batches"])
+        self._loader = None
 
     def val_dataloader(self) -> DataLoader | list:
         """One deterministic pass over the validation shards ([] when there are none)."""
@@ -734,6 +793,14 @@ class TalkingFaceDataModule(L.LightningDataModule):
             return []
         dataset = ShardClips(self.val_urls, self.options, self.val_batch_size, seed=self.seed)
         return DataLoader(dataset, batch_size=None, num_workers=0)
+
+
+def _position(epoch: int, batches: int, per_epoch: int) -> dict[str, int]:
+    """{"epoch", "batches"} with a finished epoch rolled over to the next one."""
+    epoch, batches = int(epoch), int(batches)
+    if batches < 0 or epoch < 0:
+        raise ValueError(f"bad training stream position: epoch {epoch}, batches {batches}")
+    return {"epoch": epoch + batches // per_epoch, "batches": batches % per_epoch}
 
 
 def _margin_tuple(margin: Mapping[str, float] | None) -> tuple[float, float, float] | None:
