@@ -13,8 +13,6 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from musetalk import stats
-from musetalk.data.preprocess import PreprocessConfig, preprocess
-from musetalk.data.samples import SampleOptions
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -25,26 +23,8 @@ INLINE = "module://matplotlib_inline.backend_inline"
 
 
 @pytest.fixture(scope="module")
-def shards(shared_data: Path, tmp_path_factory) -> Path:
-    """Both real videos (one with a separate wav), 100-frame samples."""
-    root = tmp_path_factory.mktemp("notebook_shards")
-    listing = root / "sources.csv"
-    listing.write_text(
-        "video,audio\n"
-        f"{shared_data / 'talking_demo1.mp4'},\n"
-        f"{shared_data / 'yongen_video_only.mp4'},{shared_data / 'yongen.wav'}\n"
-    )
-    output = root / "shards"
-    preprocess(
-        PreprocessConfig(
-            input=str(listing),
-            output=str(output),
-            workers=1,
-            progress=False,
-            sample=SampleOptions(max_frames=100),
-        )
-    )
-    return output
+def shards(both_videos_shards: Path) -> Path:
+    return both_videos_shards
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,7 @@ import pandas as pd
 import pytest
 
 from musetalk import stats
-from musetalk.data.preprocess import PreprocessConfig, preprocess
 from musetalk.data.reader import iter_samples
-from musetalk.data.samples import SampleOptions
 from musetalk.data.schema import REGION_VERSION, SCHEMA_VERSION, UnsupportedShard
 from musetalk.face import region as R
 
@@ -189,26 +187,9 @@ def test_musetalk_published_shares():
 
 
 @pytest.fixture(scope="module")
-def real(shared_data: Path, tmp_path_factory) -> tuple[Path, list[dict]]:
-    """Both real videos (one with a separate wav), 100-frame samples; and their sample jsons
-    read independently with webdataset."""
-    root = tmp_path_factory.mktemp("stats_shards")
-    listing = root / "sources.csv"
-    listing.write_text(
-        "video,audio\n"
-        f"{shared_data / 'talking_demo1.mp4'},\n"
-        f"{shared_data / 'yongen_video_only.mp4'},{shared_data / 'yongen.wav'}\n"
-    )
-    output = root / "shards"
-    preprocess(
-        PreprocessConfig(
-            input=str(listing),
-            output=str(output),
-            workers=1,
-            progress=False,
-            sample=SampleOptions(max_frames=100),
-        )
-    )
+def real(both_videos_shards: Path) -> tuple[Path, list[dict]]:
+    """Shards of both real videos and their sample jsons read independently with webdataset."""
+    output = both_videos_shards
     return output, [s.meta for s in iter_samples(output, images=False)]
 
 
