@@ -1,0 +1,235 @@
+"""The job behind `python infer.py`: plain values in, a lip-synced mp4 out.
+
+`infer(InferenceConfig(...))` loads the models (released layout, a training export, or seeded
+random weights), prepares the avatar (or loads it from `avatar_cache`), prints the adjustable
+range line and the bbox_shift it uses, streams the generated frames to the H.264 + AAC writer
+and writes `<output>.json` with the resolved settings and timings next to the video.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from musetalk.audio import SAMPLE_RATE, load_audio, num_frames_for
+from musetalk.face.blend import BLEND_MODES
+from musetalk.inference.avatar import is_image
+from musetalk.inference.shift import parse_bbox_shift
+from musetalk.inference.weights import normalize_version
+from musetalk.pipeline import DEFAULT_TRACKING, MuseTalkPipeline
+
+__all__ = ["InferenceConfig", "InferenceResult", "build_pipeline", "infer"]
+
+LAYOUTS = ("released", "export", "tiny")
+VIDEO_FPS = 25
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Everything that defines one inference run (plain values; Hydra lives in infer.py).
+
+    video: a video or an image. audio: any file FFmpeg reads. output: the mp4 to write.
+    bbox_shift: px or "auto"; auto_stats: a preprocess output's stats.json for auto.
+    model: {"layout": "released" | "export" | "tiny", "vae": ..., "whisper": ..., "seed": ...};
+    models_dir: the released layout's root or the export dir; version: v15 | v1 (released).
+    extra_margin: px below the landmarks (None: 10 for v1.5 and exports, 0 for v1).
+    face: {"backend": name, **options}; tracking: FaceTracker options.
+    blend: {"mode": "landmarks" | "parsing", "parsing_model": path, "feather", "grow"}.
+    fps: frame rate for image inputs (videos are always resampled to 25 fps).
+    audio_positional_encoding: None = what the weights say (on for released weights).
+    audio_seconds: use only the first this many seconds of the audio.
+    avatar_cache: directory to cache (and reuse) the prepared video in.
+    """
+
+    video: str
+    audio: str
+    output: str
+    bbox_shift: float | str = 0
+    auto_stats: str | None = None
+    model: dict[str, Any] = field(default_factory=lambda: {"layout": "released"})
+    models_dir: str | None = "models"
+    version: str = "v15"
+    extra_margin: float | None = None
+    face: dict[str, Any] = field(default_factory=lambda: {"backend": "dlib"})
+    tracking: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TRACKING))
+    blend: dict[str, Any] = field(default_factory=lambda: {"mode": "landmarks"})
+    batch_size: int = 8
+    fp16: bool = False
+    device: str = "cpu"
+    fps: float = 25
+    audio_positional_encoding: bool | None = None
+    audio_seconds: float | None = None
+    avatar_cache: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bbox_shift", parse_bbox_shift(self.bbox_shift))
+        object.__setattr__(self, "version", normalize_version(self.version))
+        layout = self.model.get("layout")
+        if layout not in LAYOUTS:
+            raise ValueError(f"model layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout != "tiny" and not self.models_dir:
+            raise ValueError(f"model layout {layout!r} needs models_dir=<dir>")
+        if "backend" not in self.face:
+            raise ValueError(f"face config needs a 'backend', got {self.face}")
+        if self.blend.get("mode", "landmarks") not in BLEND_MODES:
+            raise ValueError(f"blend.mode must be one of {BLEND_MODES}, got {self.blend}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.fps <= 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.audio_seconds is not None and self.audio_seconds <= 0:
+            raise ValueError(f"audio_seconds must be > 0, got {self.audio_seconds}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> InferenceConfig:
+        """From a resolved Hydra config: the `infer_model` group becomes `model`, unknown keys
+        raise TypeError."""
+        values = dict(values)
+        values.pop("hydra", None)
+        if "infer_model" in values:
+            values["model"] = values.pop("infer_model")
+        return cls(**values)
+
+
+@dataclass
+class InferenceResult:
+    """What a run produced: output path, frame counts, the shift used and stage seconds.
+
+    frames_with_face: output frames that were generated (the others passed through).
+    source_frames: frames of the prepared video. seconds: wall time of the whole run.
+    """
+
+    output: str
+    num_frames: int
+    frames_with_face: int
+    source_frames: int
+    bbox_shift: float
+    bbox_shift_reason: str
+    range_line: str
+    seconds: float
+    timings: dict[str, float]
+
+
+def build_pipeline(config: InferenceConfig) -> MuseTalkPipeline:
+    """The pipeline a config names (model source, face backend, blend, device)."""
+    blend = {"mode": "landmarks", **config.blend}
+    face = dict(config.face)
+    kwargs: dict[str, Any] = {
+        "face": face.pop("backend"),
+        "face_options": face,
+        "tracking": config.tracking,
+        "extra_margin": config.extra_margin,
+        "audio_positional_encoding": config.audio_positional_encoding,
+        "blend": blend.pop("mode"),
+        "batch_size": config.batch_size,
+        **{k: v for k, v in blend.items() if v is not None},
+    }
+    model = dict(config.model)
+    layout = model.pop("layout")
+    if layout == "tiny":
+        if config.fp16:
+            raise ValueError("fp16 is for real weights on a GPU, not the tiny random model")
+        return MuseTalkPipeline.tiny(seed=int(model.get("seed", 0)), device=config.device, **kwargs)
+    kwargs.update(device=config.device, fp16=config.fp16)
+    if layout == "released":
+        return MuseTalkPipeline.from_models_dir(
+            config.models_dir, config.version, model.get("vae"), model.get("whisper"), **kwargs
+        )
+    return MuseTalkPipeline.from_export_dir(
+        config.models_dir, model.get("vae"), model.get("whisper"), **kwargs
+    )
+
+
+def infer(config: InferenceConfig, pipeline: MuseTalkPipeline | None = None) -> InferenceResult:
+    """Run one inference; prints the range line and the bbox_shift choice before generating.
+
+    pipeline: reuse already loaded models (else built from the config).
+    """
+    from musetalk.video import VideoWriter
+
+    start = time.perf_counter()
+    video, output = Path(config.video), Path(config.output)
+    if not video.is_file():
+        raise FileNotFoundError(f"video not found: {video}")
+    if output.suffix.lower() != ".mp4":
+        raise ValueError(f"output must be an .mp4 file, got {output}")
+    audio = load_audio(config.audio, SAMPLE_RATE)
+    if config.audio_seconds is not None:
+        audio = audio[: round(config.audio_seconds * SAMPLE_RATE)]
+    fps = float(config.fps) if is_image(video) else VIDEO_FPS
+    needed = num_frames_for(len(audio), SAMPLE_RATE, fps)
+    if needed == 0:
+        raise ValueError(f"{config.audio}: audio shorter than one frame ({1 / fps:.3f} s)")
+    pipe = pipeline if pipeline is not None else build_pipeline(config)
+    pipe.timings.reset()
+    avatar = pipe.prepare_avatar(
+        video,
+        config.bbox_shift,
+        extra_margin=config.extra_margin,
+        cache_dir=config.avatar_cache,
+        # a cached avatar is the whole video, reusable with any audio length
+        max_frames=None if config.avatar_cache else needed,
+        fps=fps,
+        auto_stats=config.auto_stats,
+        progress=config.progress,
+    )
+    range_line = avatar.range_line()
+    print(range_line, flush=True)
+    print(avatar.bbox_shift_reason, flush=True)
+    if avatar.cache_status != "none":
+        print(f"avatar cache {config.avatar_cache}: {avatar.cache_status}", flush=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if config.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=needed, desc="frames", unit="frame")
+    written = 0
+    with VideoWriter(output, fps=fps, audio=audio, sr=SAMPLE_RATE) as writer:
+        # the models run ahead in a thread while this one encodes (PyAV releases the GIL)
+        for frame in pipe.generate(avatar, audio, prefetch=2 * pipe.batch_size):
+            with pipe.timings("encode"):
+                writer.write(frame)
+            written += 1
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - start
+    shown = [avatar.source_index(k) for k in range(written)]
+    result = InferenceResult(
+        output=str(output),
+        num_frames=written,
+        frames_with_face=int(sum(avatar.has_face[s] for s in shown)),
+        source_frames=len(avatar),
+        bbox_shift=avatar.bbox_shift,
+        bbox_shift_reason=avatar.bbox_shift_reason,
+        range_line=range_line,
+        seconds=seconds,
+        timings=pipe.timings.as_dict(),
+    )
+    sidecar = {
+        "config": asdict(config),
+        "model": pipe.model_info,
+        "extra_margin": avatar.extra_margin,
+        "audio_positional_encoding": pipe.audio_positional_encoding,
+        "result": asdict(result),
+    }
+    text = json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n"
+    tmp = output.with_name(f".{output.name}.json.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, output.with_name(output.name + ".json"))
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in sorted(result.timings.items()))
+    print(
+        f"wrote {output}: {written} frames ({written / fps:.2f} s at {fps:g} fps), "
+        f"{result.frames_with_face} with a face, from {len(set(shown))} source frames, "
+        f"in {seconds:.1f} s "
+        f"({written / seconds:.1f} frames/s); stage seconds: {stages}",
+        flush=True,
+    )
+    return result

@@ -1,0 +1,219 @@
+"""Where inference finds its weights: MuseTalk's released layout, a training export, or none.
+
+Released layout (what MuseTalk's download script writes, used unchanged):
+
+    <models_dir>/musetalkV15/unet.pth + musetalk.json        version v15 (MuseTalk 1.5)
+    <models_dir>/musetalk/pytorch_model.bin + musetalk.json  version v1 (MuseTalk 1.0)
+    <models_dir>/sd-vae/      config.json + diffusion_pytorch_model.safetensors|.bin
+    <models_dir>/whisper/     config.json, preprocessor_config.json,
+                              model.safetensors|pytorch_model.bin
+
+Export layout (our trainer's `export/` dir): `unet.safetensors` or `unet.pth` + `musetalk.json`,
+optionally `training.json` with settings of the training run that inference must repeat
+(`audio_positional_encoding`, and `shift_stats`, the training data's region statistics for
+`bbox_shift=auto`); the VAE and Whisper come from HF ids or local dirs.
+
+Missing files raise `MissingWeightsError` naming the file and the layout that was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_VAE",
+    "DEFAULT_WHISPER",
+    "EXTRA_MARGIN",
+    "TRAINING_INFO",
+    "MissingWeightsError",
+    "ModelFiles",
+    "export_files",
+    "normalize_version",
+    "released_files",
+]
+
+DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
+DEFAULT_WHISPER = "openai/whisper-tiny"
+TRAINING_INFO = "training.json"
+
+#: (subdirectory, weights file) of the released UNet per version.
+RELEASED_UNET = {"v15": ("musetalkV15", "unet.pth"), "v1": ("musetalk", "pytorch_model.bin")}
+#: Pixels MuseTalk adds below the landmarks at inference, per version.
+EXTRA_MARGIN = {"v15": 10, "v1": 0}
+_VERSION_NAMES = {"v15": "v15", "v1.5": "v15", "1.5": "v15", "v1": "v1", "v1.0": "v1", "1.0": "v1"}
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A weight or config file is missing; the message names it and the expected layout."""
+
+
+def normalize_version(version: str | float) -> str:
+    """ "v15" or "v1" from any common spelling (v15, v1.5, 1.5, v1, v1.0, 1.0)."""
+    key = str(version).strip().lower()
+    if key not in _VERSION_NAMES:
+        raise ValueError(f"unknown MuseTalk version {version!r}; expected v15 (1.5) or v1 (1.0)")
+    return _VERSION_NAMES[key]
+
+
+def released_layout(models_dir: str | os.PathLike[str], version: str = "v15") -> str:
+    """Human-readable description of the released layout for `version`."""
+    sub, weights = RELEASED_UNET[normalize_version(version)]
+    root = Path(models_dir)
+    return (
+        f"MuseTalk's released layout (version={normalize_version(version)}):\n"
+        f"  {root / sub / weights}\n"
+        f"  {root / sub / 'musetalk.json'}\n"
+        f"  {root / 'sd-vae'}/config.json + diffusion_pytorch_model.safetensors|.bin\n"
+        f"  {root / 'whisper'}/config.json, preprocessor_config.json, "
+        "model.safetensors|pytorch_model.bin"
+    )
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Resolved model sources. vae / whisper: a local directory or an HF id.
+
+    layout: "released" or "export"; version: "v15" or "v1" (exports follow the v1.5 recipe).
+    training: the export's `training.json` (empty when absent or for released weights).
+    """
+
+    unet_weights: Path
+    unet_config: Path
+    vae: str
+    whisper: str
+    layout: str
+    version: str
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable summary (for logs and the output's sidecar json)."""
+        return {
+            "layout": self.layout,
+            "version": self.version,
+            "unet_weights": str(self.unet_weights),
+            "unet_config": str(self.unet_config),
+            "vae": self.vae,
+            "whisper": self.whisper,
+            "training": self.training,
+        }
+
+
+def _require(path: Path, layout: str) -> Path:
+    if not path.is_file():
+        raise MissingWeightsError(f"missing weight file {path}\nexpected {layout}")
+    return path
+
+
+def _require_any(directory: Path, names: tuple[str, ...], layout: str) -> None:
+    if not any((directory / n).is_file() for n in names):
+        wanted = " or ".join(str(directory / n) for n in names)
+        raise MissingWeightsError(f"missing weight file {wanted}\nexpected {layout}")
+
+
+def check_vae_dir(path: Path, layout: str) -> None:
+    """A diffusers AutoencoderKL directory: config.json + weights."""
+    _require(path / "config.json", layout)
+    _require_any(
+        path, ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"), layout
+    )
+
+
+def check_whisper_dir(path: Path, layout: str) -> None:
+    """An HF Whisper directory; MuseTalk 1.0's openai-whisper `tiny.pt` gets its own message."""
+    if (path / "tiny.pt").is_file() and not (path / "config.json").is_file():
+        raise MissingWeightsError(
+            f"{path} holds tiny.pt (MuseTalk 1.0's openai-whisper checkpoint); this framework "
+            f"reads the Hugging Face layout: put openai/whisper-tiny (config.json, "
+            f"preprocessor_config.json, model.safetensors or pytorch_model.bin) in {path}, as "
+            f"MuseTalk 1.5's download script does\nexpected {layout}"
+        )
+    _require(path / "config.json", layout)
+    _require(path / "preprocessor_config.json", layout)
+    _require_any(path, ("model.safetensors", "pytorch_model.bin"), layout)
+
+
+def _is_local(source: str) -> bool:
+    path = Path(source).expanduser()
+    return path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
+
+
+def released_files(
+    models_dir: str | os.PathLike[str],
+    version: str = "v15",
+    vae: str | None = None,
+    whisper: str | None = None,
+) -> ModelFiles:
+    """The files of MuseTalk's released layout under `models_dir`, checked to exist.
+
+    vae / whisper: override `<models_dir>/sd-vae` / `<models_dir>/whisper` (dir or HF id).
+    """
+    version = normalize_version(version)
+    root = Path(models_dir).expanduser()
+    layout = released_layout(root, version)
+    if not root.is_dir():
+        raise MissingWeightsError(f"models directory not found: {root}\nexpected {layout}")
+    sub, weights = RELEASED_UNET[version]
+    unet_weights = _require(root / sub / weights, layout)
+    unet_config = _require(root / sub / "musetalk.json", layout)
+    vae_source = str(root / "sd-vae") if vae is None else str(vae)
+    whisper_source = str(root / "whisper") if whisper is None else str(whisper)
+    if vae is None or _is_local(vae_source):
+        check_vae_dir(Path(vae_source).expanduser(), layout)
+    if whisper is None or _is_local(whisper_source):
+        check_whisper_dir(Path(whisper_source).expanduser(), layout)
+    return ModelFiles(
+        unet_weights, unet_config, vae_source, whisper_source, "released", version, {}
+    )
+
+
+def _recorded(value: Any, default: str) -> str:
+    """A VAE / Whisper source recorded in training.json when usable here (an HF id or an
+    existing local directory), else `default`."""
+    if not isinstance(value, str) or not value:
+        return default
+    if Path(value).expanduser().is_dir() or not _is_local(value):
+        return value
+    return default
+
+
+def export_files(
+    export_dir: str | os.PathLike[str],
+    vae: str | None = None,
+    whisper: str | None = None,
+) -> ModelFiles:
+    """The files of a training export (`unet.safetensors` preferred over `unet.pth`).
+
+    vae / whisper: local dirs or HF ids; None = the ones training.json records when they are
+    usable on this machine, else sd-vae-ft-mse / whisper-tiny from the hub.
+    """
+    root = Path(export_dir).expanduser()
+    layout = (
+        "a training export:\n"
+        f"  {root}/unet.safetensors (or unet.pth)\n"
+        f"  {root}/musetalk.json\n"
+        f"  {root}/{TRAINING_INFO} (optional: audio_positional_encoding, shift_stats)"
+    )
+    if not root.is_dir():
+        raise MissingWeightsError(f"export directory not found: {root}\nexpected {layout}")
+    _require_any(root, ("unet.safetensors", "unet.pth"), layout)
+    safetensors = root / "unet.safetensors"
+    unet_weights = safetensors if safetensors.is_file() else root / "unet.pth"
+    unet_config = _require(root / "musetalk.json", layout)
+    training: dict[str, Any] = {}
+    info = root / TRAINING_INFO
+    if info.is_file():
+        training = json.loads(info.read_text())
+        if not isinstance(training, dict):
+            raise ValueError(f"{info}: expected a JSON object, got {type(training).__name__}")
+    vae = str(vae) if vae is not None else _recorded(training.get("vae"), DEFAULT_VAE)
+    whisper = (
+        str(whisper) if whisper is not None else _recorded(training.get("whisper"), DEFAULT_WHISPER)
+    )
+    for source, check in ((vae, check_vae_dir), (whisper, check_whisper_dir)):
+        if _is_local(source):
+            check(Path(source).expanduser(), f"a local directory for {source}")
+    return ModelFiles(unet_weights, unet_config, vae, whisper, "export", "v15", training)
