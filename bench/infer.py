@@ -10,8 +10,9 @@ and two modes:
   Whisper, UNet, VAE decode, blend, H.264 + AAC encode);
 - avatar: the video prepared once beforehand (`prepare_avatar`, kept in memory as a server
   would), then per clip only Whisper, UNet, VAE decode, blend and encode;
-in both, frames are generated in a background thread ahead of the encoder (`prefetch`), so the
-per-stage seconds can add up to more than the end-to-end time;
+in both, stages run one after the other (prefetch=0; `infer.py` by default generates ahead of
+the encoder in a thread, which gave no measurable gain on this 2-core CPU), so the per-stage
+seconds add up to the end-to-end time;
 it reports seconds per stage, end-to-end frames/s and the overhead ratio
 (end to end - UNet - VAE decode) / end to end, for the fastest of `--*-repeats` runs (other jobs
 on a shared machine slow single runs down by up to 5x). Prints a table, writes
@@ -100,6 +101,7 @@ def normal_mode(pipe: MuseTalkPipeline, video: Path, audio: Path, repeats: int, 
         output=str(tmp / "normal.mp4"),
         model={"layout": "tiny"},
         batch_size=pipe.batch_size,
+        prefetch=0,
         progress=False,
     )
     runs = [infer(config, pipeline=pipe) for _ in range(repeats)]
@@ -128,7 +130,7 @@ def avatar_mode(
         samples = load_audio(audio)
         count = 0
         with VideoWriter(tmp / "avatar.mp4", fps=avatar.fps, audio=samples) as writer:
-            for frame in pipe.generate(avatar, samples, prefetch=2 * pipe.batch_size):
+            for frame in pipe.generate(avatar, samples):
                 with pipe.timings("encode"):
                     writer.write(frame)
                 count += 1

@@ -76,7 +76,7 @@ from musetalk.models import (
     mask_lower_half,
     unet_input,
 )
-from musetalk.video import _prefetched  # the decode-ahead thread, reused for generate-ahead
+from musetalk.video import prefetched  # the decode-ahead thread, reused for generate-ahead
 
 __all__ = ["CROP_SIZE", "DEFAULT_TRACKING", "MuseTalkPipeline", "NoFaceError", "StageTimes"]
 
@@ -637,7 +637,7 @@ class MuseTalkPipeline:
                 f"start_frame and prefetch must be >= 0, got {start_frame}, {prefetch}"
             )
         frames = self._frames(avatar, audio, num_frames, start_frame)
-        return _prefetched(frames, prefetch) if prefetch else frames
+        return prefetched(frames, prefetch) if prefetch else frames
 
     def _frames(
         self, avatar: Avatar, audio: np.ndarray, num_frames: int, start_frame: int

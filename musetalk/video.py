@@ -200,7 +200,7 @@ class VideoReader:
             raise ValueError(f"bad frame range start={start} end={end} step={step}")
         stop = len(self) if end is None else min(end, len(self))
         frames = self._generate(range(start, stop, step))
-        return _prefetched(frames, prefetch) if prefetch else frames
+        return prefetched(frames, prefetch) if prefetch else frames
 
     def _generate(self, wanted: range) -> Iterator[tuple[int, np.ndarray]]:
         if not wanted:
@@ -403,7 +403,7 @@ class VideoWriter:
         self._tmp.unlink(missing_ok=True)
 
 
-def _prefetched(items: Iterator[T], size: int) -> Iterator[T]:
+def prefetched(items: Iterator[T], size: int) -> Iterator[T]:
     """Iterate `items` in a background thread, at most `size` items ahead.
 
     Exceptions of the producer are raised in the consumer; closing the consumer stops the

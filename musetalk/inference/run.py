@@ -43,6 +43,8 @@ class InferenceConfig:
     audio_positional_encoding: None = what the weights say (on for released weights).
     audio_seconds: use only the first this many seconds of the audio.
     avatar_cache: directory to cache (and reuse) the prepared video in.
+    prefetch: frames generated ahead of the encoder in a background thread (the models run
+    while the previous frames are encoded); None = 2 x batch_size, 0 = one after the other.
     """
 
     video: str
@@ -64,6 +66,7 @@ class InferenceConfig:
     audio_positional_encoding: bool | None = None
     audio_seconds: float | None = None
     avatar_cache: str | None = None
+    prefetch: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -82,6 +85,8 @@ class InferenceConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.fps <= 0:
             raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.prefetch is not None and self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0 (or null), got {self.prefetch}")
         if self.audio_seconds is not None and self.audio_seconds <= 0:
             raise ValueError(f"audio_seconds must be > 0, got {self.audio_seconds}")
 
@@ -184,6 +189,7 @@ def infer(config: InferenceConfig, pipeline: MuseTalkPipeline | None = None) -> 
     if avatar.cache_status != "none":
         print(f"avatar cache {config.avatar_cache}: {avatar.cache_status}", flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)
+    prefetch = 2 * pipe.batch_size if config.prefetch is None else config.prefetch
     bar = None
     if config.progress:
         from tqdm import tqdm
@@ -191,8 +197,7 @@ def infer(config: InferenceConfig, pipeline: MuseTalkPipeline | None = None) -> 
         bar = tqdm(total=needed, desc="frames", unit="frame")
     written = 0
     with VideoWriter(output, fps=fps, audio=audio, sr=SAMPLE_RATE) as writer:
-        # the models run ahead in a thread while this one encodes (PyAV releases the GIL)
-        for frame in pipe.generate(avatar, audio, prefetch=2 * pipe.batch_size):
+        for frame in pipe.generate(avatar, audio, prefetch=prefetch):
             with pipe.timings("encode"):
                 writer.write(frame)
             written += 1
