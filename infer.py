@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from musetalk.errors import MediaError
+from musetalk.config import defaults, parse
+from musetalk.errors import user_errors
 from musetalk.inference.run import InferenceConfig, infer
+
+# Every setting with its default comes from the library's dataclass; the YAML holds overrides.
+ConfigStore.instance().store(name="infer_defaults", node=defaults(InferenceConfig))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="infer")
 def main(cfg: DictConfig) -> None:
-    values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    try:
-        infer(InferenceConfig.from_dict(values))
-    except (ValueError, TypeError, OSError, RuntimeError, ImportError, MediaError) as exc:
-        sys.exit(f"infer: {type(exc).__name__}: {exc}")
+    with user_errors("infer"):
+        infer(parse(InferenceConfig, OmegaConf.to_container(cfg, resolve=True)))
 
 
 if __name__ == "__main__":

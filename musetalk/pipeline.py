@@ -38,9 +38,10 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from musetalk.audio import SAMPLE_RATE, add_positional_encoding, audio_windows, num_frames_for
 from musetalk.audio.whisper import WhisperEncoder
+from musetalk.errors import InputNotFoundError
 from musetalk.face import region as R
 from musetalk.face.blend import BLEND_MODES, FaceParsing, lower_face_mask, paste
-from musetalk.face.tracking import FaceTracker, OneEuro
+from musetalk.face.tracking import INFERENCE_TRACKING, FaceTracker, OneEuro, TrackingOptions
 from musetalk.inference.avatar import (
     Avatar,
     AvatarCache,
@@ -78,19 +79,11 @@ from musetalk.models import (
 )
 from musetalk.video import prefetched  # the decode-ahead thread, reused for generate-ahead
 
-__all__ = ["CROP_SIZE", "DEFAULT_TRACKING", "MuseTalkPipeline", "NoFaceError", "StageTimes"]
+__all__ = ["CROP_SIZE", "MuseTalkPipeline", "NoFaceError", "StageTimes"]
 
 log = logging.getLogger(__name__)
 
 CROP_SIZE = 256
-#: FaceTracker options for inference: full detection every second, a local check on every frame
-#: (a face that leaves is noticed at once), detection on every faceless frame.
-DEFAULT_TRACKING: dict[str, Any] = {
-    "detect_every": 25,
-    "verify_every": 1,
-    "idle_detect_every": 1,
-    "cut_threshold": 12.0,
-}
 
 
 class StageTimes:
@@ -158,7 +151,7 @@ class MuseTalkPipeline:
         *,
         face: str = "dlib",
         face_options: dict[str, Any] | None = None,
-        tracking: dict[str, Any] | None = None,
+        tracking: TrackingOptions | None = None,
         extra_margin: float = EXTRA_MARGIN["v15"],
         audio_positional_encoding: bool = True,
         blend: str = "landmarks",
@@ -198,7 +191,7 @@ class MuseTalkPipeline:
         self.audio_encoder = audio_encoder
         self.face = face
         self.face_options = dict(face_options or {})
-        self.tracking = {**DEFAULT_TRACKING, **(tracking or {})}
+        self.tracking = tracking if tracking is not None else INFERENCE_TRACKING
         self.extra_margin = float(extra_margin)
         self.audio_positional_encoding = bool(audio_positional_encoding)
         self.blend = blend
@@ -450,7 +443,7 @@ class MuseTalkPipeline:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
         path = Path(video)
         if not path.is_file():
-            raise FileNotFoundError(f"video not found: {path}")
+            raise InputNotFoundError(f"video not found: {path}")
         stats, stats_source = self.shift_stats, "the weights' training.json"
         if isinstance(auto_stats, dict):
             stats, stats_source = auto_stats, "auto_stats"
@@ -467,7 +460,7 @@ class MuseTalkPipeline:
                 "version": analyzer.version,
                 "settings": analyzer.settings,
             },
-            "tracking": {**self.tracking, "smoothing": asdict(smoothing)},
+            "tracking": {**asdict(self.tracking), "smoothing": asdict(smoothing)},
             "region_version": R.REGION_VERSION,
         }
         cache = AvatarCache(cache_dir) if cache_dir is not None else None
@@ -542,7 +535,7 @@ class MuseTalkPipeline:
         self, path: Path, fps: float, smoothing: OneEuro, max_frames: int | None, progress: bool
     ) -> dict[str, np.ndarray]:
         """Frames (N, H, W, 3) and the main face per frame, tracked with One-Euro smoothing."""
-        tracker = FaceTracker(self.analyzer, smoothing=smoothing, **self.tracking)
+        tracker = FaceTracker(self.analyzer, self.tracking, smoothing=smoothing)
         if is_image(path):
             with self.timings("decode"):
                 frames = read_image(path)[None]

@@ -26,7 +26,7 @@ import pandas as pd
 from musetalk.data.schema import (
     KNOWN_REGION_VERSIONS,
     KNOWN_SCHEMA_VERSIONS,
-    UnsupportedShard,
+    ShardError,
     check_meta,
 )
 from musetalk.data.stats import QUANTILES
@@ -73,12 +73,12 @@ def shards_dir_from_env(name: str = SHARDS_ENV) -> Path:
 def _check_versions(obj: Mapping[str, Any], where: str) -> None:
     schema, region = obj.get("schema_version"), obj.get("region_version")
     if schema not in KNOWN_SCHEMA_VERSIONS:
-        raise UnsupportedShard(
+        raise ShardError(
             f"{where}: schema_version {schema!r} is not supported by this reader "
             f"(known: {sorted(KNOWN_SCHEMA_VERSIONS)})"
         )
     if region not in KNOWN_REGION_VERSIONS:
-        raise UnsupportedShard(
+        raise ShardError(
             f"{where}: region_version {region!r} is not supported by this reader "
             f"(known: {sorted(KNOWN_REGION_VERSIONS)})"
         )
@@ -162,7 +162,7 @@ def load_frames(dataset_dir: str | Path, landmarks: bool = True) -> pd.DataFrame
     the training box's middle row, px), nearest_nose_landmark (28/29/30), equivalent_shift (px),
     equivalent_shift_norm (nose lengths; NaN when the nose length is not > 0), detected, and
     with `landmarks=True` a `landmarks` column of (68, 2) float arrays (about 1 kB per frame;
-    needed by `per_source_ranges`). Unknown schema/region versions raise UnsupportedShard.
+    needed by `per_source_ranges`). Unknown schema/region versions raise ShardError.
     """
     parts = [_sample_columns(tar, meta, landmarks) for tar, meta in iter_sample_meta(dataset_dir)]
     if not parts:

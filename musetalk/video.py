@@ -41,6 +41,7 @@ import numpy as np
 from musetalk.errors import (
     CorruptMedia,
     EmptyFile,
+    MissingMedia,
     NotAMediaFile,
     NoVideoStream,
     TruncatedMedia,
@@ -101,11 +102,15 @@ class VideoInfo:
 def open_media(path: str | os.PathLike[str]) -> av.container.InputContainer:
     """Open any media file FFmpeg reads; failures raise `musetalk.errors` types, never av errors.
 
-    Raises FileNotFoundError, EmptyFile, NotAMediaFile (not media, or no audio/video stream),
-    TruncatedMedia (ISO-BMFF boxes past EOF) or CorruptMedia (recognised but unreadable).
+    Raises MissingMedia, EmptyFile, NotAMediaFile (not media, a still image, or no audio/video
+    stream), TruncatedMedia (ISO-BMFF boxes past EOF) or CorruptMedia (recognised but
+    unreadable).
     """
     path = Path(path)
-    size = path.stat().st_size  # FileNotFoundError for a missing file
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise MissingMedia(path, "no such file") from None
     if size == 0:
         raise EmptyFile(path, "expected a media file, got 0 bytes")
     overrun = _bmff_overrun(path)
@@ -119,10 +124,20 @@ def open_media(path: str | os.PathLike[str]) -> av.container.InputContainer:
         if _looks_like_media(head):
             raise CorruptMedia(path, f"FFmpeg cannot open it: {e.strerror}") from e
         raise NotAMediaFile(path, "expected an audio or video file FFmpeg can read") from e
+    if _is_still_image(container):
+        name = container.format.name
+        container.close()
+        raise NotAMediaFile(path, f"a still image ({name}), not a video or audio file")
     if not container.streams.audio and not _video_streams(container):
         container.close()
         raise NotAMediaFile(path, "no audio or video stream")
     return container
+
+
+def _is_still_image(container: av.container.InputContainer) -> bool:
+    """FFmpeg's image demuxers (image2, jpeg_pipe, png_pipe, ...) read single pictures."""
+    names = container.format.name.split(",")
+    return any(n == "image2" or (n.endswith("_pipe") and n != "gif_pipe") for n in names)
 
 
 def video_start(container: av.container.InputContainer) -> Fraction | None:

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from musetalk.config import defaults, parse
 from musetalk.data.preprocess import PreprocessConfig, preprocess
+from musetalk.errors import user_errors
+
+# Every setting with its default comes from the library's dataclass; the YAML holds overrides.
+ConfigStore.instance().store(name="preprocess_defaults", node=defaults(PreprocessConfig))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="preprocess")
 def main(cfg: DictConfig) -> None:
-    values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    try:
-        preprocess(PreprocessConfig.from_dict(values))
-    except (ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
-        sys.exit(f"preprocess: {type(exc).__name__}: {exc}")
+    with user_errors("preprocess"):
+        preprocess(parse(PreprocessConfig, OmegaConf.to_container(cfg, resolve=True)))
 
 
 if __name__ == "__main__":

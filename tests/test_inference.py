@@ -24,15 +24,15 @@ import soundfile as sf
 import torch
 from diffusers import AutoencoderKL
 from synth import pattern_frame, read_index
-from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+from tiny_models import save_released_layout
 
 from musetalk.audio import load_audio
-from musetalk.audio.whisper import TINY_WHISPER
-from musetalk.errors import MediaError
+from musetalk.config import parse
+from musetalk.errors import CheckpointError, ConfigError, MediaError
 from musetalk.face import region as R
 from musetalk.face.blend import FaceParsing, feather_mask, lower_face_mask, paste
 from musetalk.inference.avatar import NoFaceError
-from musetalk.inference.run import InferenceConfig, build_pipeline, infer
+from musetalk.inference.run import InferenceConfig, infer
 from musetalk.inference.weights import MissingWeightsError, export_files
 from musetalk.models import TINY_UNET, TINY_VAE, build_unet, export_unet
 from musetalk.pipeline import MuseTalkPipeline
@@ -94,23 +94,6 @@ def tiny_pipe() -> MuseTalkPipeline:
 def face_clip(demo_faces: list[np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 face frames, stamped 0..7."""
     return write_clip(tmp_path_factory.mktemp("clip") / "face8.mp4", demo_faces[:8])
-
-
-def save_released_layout(root: Path, version: str = "v15", seed: int = 0) -> dict:
-    """MuseTalk's released layout with tiny random weights; returns the UNet state dict."""
-    sub, name = {"v15": ("musetalkV15", "unet.pth"), "v1": ("musetalk", "pytorch_model.bin")}[
-        version
-    ]
-    torch.manual_seed(seed)
-    unet = build_unet(TINY_UNET)
-    (root / sub).mkdir(parents=True)
-    state = {k: v.clone() for k, v in unet.state_dict().items()}
-    torch.save(state, root / sub / name)
-    (root / sub / "musetalk.json").write_text(json.dumps(TINY_UNET))
-    AutoencoderKL(**TINY_VAE).save_pretrained(root / "sd-vae")
-    WhisperModel(WhisperConfig(**TINY_WHISPER)).save_pretrained(root / "whisper")
-    WhisperFeatureExtractor().save_pretrained(root / "whisper")
-    return state
 
 
 @pytest.fixture(scope="module")
@@ -495,7 +478,7 @@ def test_missing_weight_file_names_the_file_and_layout(models_dir, tmp_path):
         json.dumps({**config, "block_out_channels": [32, 96]})
     )
     AutoencoderKL(**TINY_VAE).save_pretrained(broken / "sd-vae")
-    with pytest.raises(ValueError, match="wrong shapes"):
+    with pytest.raises(CheckpointError, match="wrong shapes"):
         MuseTalkPipeline.from_models_dir(broken)
 
 
@@ -510,7 +493,7 @@ def test_unreadable_inputs_and_no_face(tiny_pipe, tmp_path, face_clip, audio_2s)
         video=str(face_clip),
         audio=str(text),
         output=str(tmp_path / "o.mp4"),
-        model={"layout": "tiny"},
+        infer_model={"layout": "tiny"},
         progress=False,
     )
     with pytest.raises(MediaError):
@@ -522,17 +505,22 @@ def test_unreadable_inputs_and_no_face(tiny_pipe, tmp_path, face_clip, audio_2s)
     with pytest.raises(NoFaceError, match="no face found in any of 3 frames"):
         tiny_pipe.prepare_avatar(clip)
 
-    with pytest.raises(ValueError, match="bbox_shift"):
-        InferenceConfig(video="v", audio="a", output="o.mp4", bbox_shift="up")
+    with pytest.raises(ConfigError, match="bbox_shift='up'"):
+        parse(InferenceConfig, {"video": "v", "audio": "a", "output": "o.mp4", "bbox_shift": "up"})
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         MuseTalkPipeline.tiny(dtype=torch.float16)
-    with pytest.raises(ValueError, match="needs models_dir"):
-        InferenceConfig(video="v", audio="a", output="o.mp4", models_dir=None)
-    with pytest.raises(ValueError, match="fp16 is for real weights"):
-        build_pipeline(
-            InferenceConfig(
-                video="v", audio="a", output="o.mp4", model={"layout": "tiny"}, fp16=True
-            )
+    with pytest.raises(ConfigError, match="needs models_dir"):
+        parse(InferenceConfig, {"video": "v", "audio": "a", "output": "o.mp4", "models_dir": None})
+    with pytest.raises(ConfigError, match="fp16 is for real weights"):
+        parse(
+            InferenceConfig,
+            {
+                "video": "v",
+                "audio": "a",
+                "output": "o.mp4",
+                "infer_model": {"layout": "tiny"},
+                "fp16": True,
+            },
         )
 
 

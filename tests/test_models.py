@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from musetalk.errors import CheckpointError, UnsafeFileError
 from musetalk.models import (
     TINY_UNET,
     TINY_VAE,
@@ -63,7 +64,7 @@ def test_released_v1_layout_and_lightning_checkpoints_load(tiny_unet, tmp_path):
 def test_mismatches_and_missing_files_are_clear(tiny_unet, tmp_path):
     export_unet(tiny_unet, tmp_path)
     other = dict(TINY_UNET, block_out_channels=[32, 96])
-    with pytest.raises(ValueError, match="wrong shapes"):
+    with pytest.raises(CheckpointError, match="wrong shapes"):
         load_unet(tmp_path / "unet.pth", config=other)
     state = tiny_unet.state_dict()
     del state["conv_in.weight"]
@@ -85,8 +86,10 @@ def test_pickled_code_is_never_executed(tmp_path):
     (tmp_path / "musetalk.json").write_text(json.dumps(TINY_UNET))
     with (tmp_path / "evil.pth").open("wb") as f:
         pickle.dump({"conv_in.weight": Payload()}, f)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(UnsafeFileError, match=r"evil\.pth: refused") as err:
         load_unet(tmp_path / "evil.pth")
+    assert "weights_only=False" not in str(err.value)
+    assert "only safetensors files and weights-only torch checkpoints" in str(err.value)
 
 
 def test_vae_local_dir_round_trip_and_errors(tmp_path):

@@ -20,11 +20,12 @@ import soundfile as sf
 import synth
 
 from musetalk.audio import audio_for_frames, load_audio
+from musetalk.config import parse
 from musetalk.data.preprocess import PreprocessConfig, preprocess
 from musetalk.data.reader import decode_wav, iter_samples
 from musetalk.data.samples import SampleOptions, SourceProcessor
 from musetalk.data.sources import Source
-from musetalk.errors import NoAudioStream
+from musetalk.errors import NoAudioStream, OutputRefusedError
 from musetalk.face import region as R
 from musetalk.face.analyzer import Face
 from musetalk.face.tracking import TrackedFace
@@ -37,7 +38,7 @@ SECONDS = 3  # length of the synthesised clips
 def run_config(input_path, output, **over) -> PreprocessConfig:
     values = {"input": str(input_path), "output": str(output), "workers": 1, "progress": False}
     values.update(over)
-    return PreprocessConfig(**values)
+    return parse(PreprocessConfig, values)
 
 
 def tar_digest(output: Path) -> dict[str, list[tuple[str, str]]]:
@@ -237,7 +238,9 @@ def test_rerun_skips_finished_shards_and_refuses_other_config(zoo, tmp_path):
     second = preprocess(run_config(listing, out, sources_per_shard=1))
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("0*")} == before
     assert first["samples"] == second["samples"] == 1
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(
+        OutputRefusedError, match="different configuration.*sources_per_shard: 1 -> 2"
+    ):
         preprocess(run_config(listing, out, sources_per_shard=2))
 
 
@@ -282,7 +285,9 @@ def test_ray_executor_gives_the_same_dataset(zoo, tmp_path):
     listing.write_text("\n".join(str(zoo / n) for n in ("good.mp4", "gap.mp4", "zero.mp4")))
     local = preprocess(run_config(listing, tmp_path / "local", workers=2, sources_per_shard=1))
     on_ray = preprocess(
-        run_config(listing, tmp_path / "ray", workers=2, sources_per_shard=1, executor="ray")
+        run_config(
+            listing, tmp_path / "ray", workers=2, sources_per_shard=1, executor={"name": "ray"}
+        )
     )
     assert tar_digest(tmp_path / "local") == tar_digest(tmp_path / "ray")
     assert local["samples"] == on_ray["samples"] == 3
@@ -293,7 +298,10 @@ def test_cli_exit_codes(zoo, tmp_path):
     ok = cli(f"input={zoo / 'zero.mp4'}", f"output={tmp_path / 'a'}")
     assert ok.wait(timeout=120) == 0  # completed, even though its only source was skipped
     bad = cli(f"input={zoo / 'good.mp4'}", f"output={tmp_path / 'b'}", "workers=0")
-    assert bad.wait(timeout=120) != 0 and b"workers must be >= 1" in bad.stderr.read()
+    assert bad.wait(timeout=120) == 2
+    assert bad.stderr.read().decode().strip() == (
+        "preprocess: workers=0: input should be greater than or equal to 1"
+    )
     blocker = tmp_path / "file"
     blocker.write_text("x")
     unwritable = cli(f"input={zoo / 'good.mp4'}", f"output={blocker / 'out'}")
@@ -321,7 +329,7 @@ def test_cached_whisper_features(zoo, tmp_path):
 
     model = save_tiny_whisper(tmp_path / "whisper", layers=2, dim=32)
     config = run_config(
-        zoo / "good.mp4", tmp_path / "out", audio_features="whisper", whisper_model=str(model)
+        zoo / "good.mp4", tmp_path / "out", audio={"features": "whisper", "model": str(model)}
     )
     assert preprocess(config)["samples"] == 1
     sample = next(iter_samples(tmp_path / "out"))
@@ -345,10 +353,11 @@ def test_fsspec_output_and_cli_audio_group(zoo, tmp_path):
     local = tmp_path / "00000-000.tar"
     local.write_bytes(fs.cat("/musetalk-test/ds/00000-000.tar"))
     assert len(list(iter_samples([str(local)], images=False))) == 1
-    config = PreprocessConfig.from_dict(
-        {"input": "x", "output": "y", "audio": {"features": "whisper", "model": "/m"}}
+    config = parse(
+        PreprocessConfig,
+        {"input": "x", "output": "y", "audio": {"features": "whisper", "model": "/m"}},
     )
-    assert (config.audio_features, config.whisper_model) == ("whisper", "/m")
+    assert (config.audio.features, config.audio.model) == ("whisper", "/m")
 
 
 # ---------------------------------------------------------------- audio shorter than the video

@@ -214,3 +214,27 @@ def test_crop_is_exact_at_scale_one_and_resizes_otherwise():
 def test_pixel_rect_rounds_and_clips():
     assert R.pixel_rect((10.4, 20.6, 74.5, 84.49)) == (10, 21, 74, 84)
     assert R.pixel_rect((-5, -5, 500, 500), frame_size=(100, 200)) == (0, 0, 200, 100)
+
+
+def test_shift_limits_keep_the_boundary_monotonic_and_never_fall_back():
+    """Over -1000..1000 px, a shift clipped to `shift_limits` gives a landmark box (never the
+    detector fallback) whose boundary is non-decreasing in the shift, and equals lm29 + shift
+    exactly inside the limits; past them it stays at the limit's boundary."""
+    rng = np.random.default_rng(2)
+    frame_hw = (1920, 1080)
+    for _ in range(100):
+        lms = random_face(rng, frame_hw)
+        det = (lms[:, 0].min() - 5, lms[:, 1].min() - 40, lms[:, 0].max() + 5, lms[:, 1].max())
+        lo, hi = R.shift_limits([lms])
+        assert lo < 0 < hi
+        bounds = []
+        for shift in range(-1000, 1001, 5):
+            used = R.clip_shift(shift, (lo, hi))
+            region = R.inference_region(lms, used, 10, frame_size=frame_hw, det_box=det)
+            assert region is not None and not region.fallback, shift
+            assert region.mask_upper_bound == pytest.approx(lms[29, 1] + used, abs=1e-9)
+            assert (used == shift) == (lo <= shift <= hi)
+            bounds.append(region.mask_upper_bound)
+        assert np.all(np.diff(bounds) >= 0)
+        # unclipped, MuseTalk's box vanishes past the lowest landmark (the silent fallback)
+        assert R.inference_region(lms, hi + 2, det_box=det).fallback

@@ -11,15 +11,16 @@ import cv2
 import numpy as np
 import pytest
 
+from musetalk.data.output import Output
 from musetalk.data.reader import decode_npy, iter_samples
 from musetalk.data.schema import (
     REGION_VERSION,
     SCHEMA_VERSION,
-    UnsupportedShard,
+    ShardError,
     check_key,
     frame_member,
 )
-from musetalk.data.writer import Output, ShardWriter, encode_npy, encode_wav
+from musetalk.data.writer import ShardWriter, encode_npy, encode_wav
 
 
 def make_meta(key: str, num_frames: int, **over) -> dict:
@@ -58,7 +59,7 @@ def make_members(key: str, num_frames: int, rng: np.random.Generator, **over) ->
 
 def test_round_trip_and_atomic_names(tmp_path):
     rng = np.random.default_rng(0)
-    out = Output(tmp_path)
+    out = Output(tmp_path, "t")
     expected = {}
     with ShardWriter(out, "00000.tar") as writer:
         # until closed, only a temp name exists
@@ -86,7 +87,7 @@ def test_round_trip_and_atomic_names(tmp_path):
 
 
 def test_aborted_writer_leaves_nothing(tmp_path):
-    out = Output(tmp_path)
+    out = Output(tmp_path, "t")
     with pytest.raises(RuntimeError), ShardWriter(out, "00001.tar") as writer:
         writer.write("k0", {"json": b"{}"})
         raise RuntimeError("killed")
@@ -103,9 +104,9 @@ def test_aborted_writer_leaves_nothing(tmp_path):
 def test_reader_refuses_unknown_versions(tmp_path, field, value, match):
     rng = np.random.default_rng(1)
     members, _ = make_members("k", 2, rng, **{field: value})
-    with ShardWriter(Output(tmp_path), "00000.tar") as writer:
+    with ShardWriter(Output(tmp_path, "t"), "00000.tar") as writer:
         writer.write("k", members)
-    with pytest.raises(UnsupportedShard, match=match):
+    with pytest.raises(ShardError, match=match):
         list(iter_samples(tmp_path))
 
 
@@ -114,9 +115,9 @@ def test_reader_never_unpickles(tmp_path):
     rng = np.random.default_rng(2)
     members, _ = make_members("k", 1, rng)
     members["pyd"] = pickle.dumps({"x": 1})
-    with ShardWriter(Output(tmp_path), "00000.tar") as writer:
+    with ShardWriter(Output(tmp_path, "t"), "00000.tar") as writer:
         writer.write("k", members)
-    with pytest.raises(UnsupportedShard, match="unknown members"):
+    with pytest.raises(ShardError, match="unknown members"):
         list(iter_samples(tmp_path))
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)

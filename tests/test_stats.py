@@ -15,7 +15,7 @@ import pytest
 
 from musetalk import stats
 from musetalk.data.reader import iter_samples
-from musetalk.data.schema import REGION_VERSION, SCHEMA_VERSION, UnsupportedShard
+from musetalk.data.schema import REGION_VERSION, SCHEMA_VERSION, ShardError
 from musetalk.face import region as R
 
 # ---------------------------------------------------------------------------------------------
@@ -140,12 +140,12 @@ def test_unknown_versions_are_refused(tmp_path, synthetic, field):
     _, metas = synthetic
     bad = dict(metas[0], **{field: 99})
     root = write_dataset(tmp_path / "sample", [metas[1], bad])
-    with pytest.raises(UnsupportedShard, match=f"{field} 99"):
+    with pytest.raises(ShardError, match=f"{field} 99"):
         stats.load_frames(root)
     root = write_dataset(tmp_path / "summary", metas, {field: 99})
-    with pytest.raises(UnsupportedShard, match=f"{field} 99"):
+    with pytest.raises(ShardError, match=f"{field} 99"):
         stats.load_summary(root)
-    with pytest.raises(UnsupportedShard, match=f"{field} 99"):
+    with pytest.raises(ShardError, match=f"{field} 99"):
         stats.load_frames(root)
 
 

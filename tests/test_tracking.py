@@ -13,7 +13,16 @@ import pytest
 
 from musetalk.face.analyzer import Face, FaceAnalyzer, box_iou
 from musetalk.face.backends.dlib_backend import DlibAnalyzer
-from musetalk.face.tracking import FaceTracker, OneEuro, TrackSummary, main_track
+from musetalk.face.tracking import FaceTracker, OneEuro, TrackingOptions, TrackSummary, main_track
+
+
+def followed(**changes) -> TrackingOptions:
+    """The settings these tests exercise: detection every 5 frames, a local check on every
+    frame, detection on every faceless frame; `changes` override them."""
+    return TrackingOptions(
+        **{"detect_every": 5, "verify_every": 1, "idle_detect_every": 1, **changes}
+    )
+
 
 N_DEMO = 30
 
@@ -85,7 +94,7 @@ def test_tracking_stays_close_to_per_frame_detection_with_fewer_detections(
     reference = [analyzer.analyze(frame) for frame in demo]
     assert all(len(faces) == 1 for faces in reference)
     counting = CountingAnalyzer(analyzer)
-    tracker = FaceTracker(counting, detect_every=5)
+    tracker = FaceTracker(counting, followed(detect_every=5))
     results = list(tracker.track(iter(demo)))  # streamed from an iterator
     assert counting.full_detections == N_DEMO // 5 == tracker.stats["detect_calls"]
     assert all(len(r) == 1 for r in results)
@@ -98,8 +107,8 @@ def test_tracking_stays_close_to_per_frame_detection_with_fewer_detections(
     ]
     assert max(errors[::5]) < 1e-9  # key frames are exactly the detector's result
     assert np.mean(errors) < 0.01 and max(errors) < 0.03, errors
-    followed = results[3][0].face
-    assert np.all(followed.box[:2] < followed.landmarks.min(axis=0) + 0.5 * np.ptp(followed.box))
+    face3 = results[3][0].face
+    assert np.all(face3.box[:2] < face3.landmarks.min(axis=0) + 0.5 * np.ptp(face3.box))
     assert tracker.main_track_id() == 0
     summary = tracker.summaries[0]
     assert (summary.first_frame, summary.last_frame, summary.frames) == (0, N_DEMO - 1, N_DEMO)
@@ -115,7 +124,7 @@ def test_two_faces_give_two_tracks_and_the_larger_is_main(
         paste((300, 560), [(small, 20 + 2 * i, 60), (face_patch, 300 - 2 * i, 30 + i)])
         for i in range(12)
     ]
-    tracker = FaceTracker(analyzer, detect_every=4)
+    tracker = FaceTracker(analyzer, followed(detect_every=4))
     results = [tracker.update(frame) for frame in clip]
     assert all(len(r) == 2 for r in results)
     ids = {tf.track_id for r in results for tf in r}
@@ -133,7 +142,7 @@ def test_blank_stretch_ends_the_track_and_a_new_one_starts(
 ) -> None:
     face = [paste((300, 400), [(face_patch, 80 + i, 30)]) for i in range(6)]
     blank = [np.full((300, 400, 3), 70, np.uint8)] * 3
-    tracker = FaceTracker(analyzer, detect_every=10)
+    tracker = FaceTracker(analyzer, followed(detect_every=10))
     results = [tracker.update(frame) for frame in face + blank + face]
     counts = [len(r) for r in results]
     assert counts == [1] * 6 + [0] * 3 + [1] * 6
@@ -151,7 +160,7 @@ def test_lost_face_is_redetected_on_the_same_frame(
     """A face that jumps across the frame is found again at once, as a new track."""
     clip = [paste((300, 700), [(face_patch, 20, 30)])] * 3
     clip += [paste((300, 700), [(face_patch, 440, 30)])] * 3
-    tracker = FaceTracker(analyzer, detect_every=25)
+    tracker = FaceTracker(analyzer, followed(detect_every=25))
     results = [tracker.update(frame) for frame in clip]
     assert [len(r) for r in results] == [1] * 6
     assert [r[0].track_id for r in results] == [0, 0, 0, 1, 1, 1]
@@ -166,7 +175,7 @@ def test_fast_motion_keeps_the_track_and_accurate_landmarks(
     """~30% of the face width per frame: the followed fit drifts, the verification's local
     detection re-anchors it, the track id is kept."""
     clip = [paste((300, 800), [(face_patch, 20 + 32 * i, 30)]) for i in range(12)]
-    tracker = FaceTracker(analyzer, detect_every=25)
+    tracker = FaceTracker(analyzer, followed(detect_every=25))
     results = [tracker.update(frame) for frame in clip]
     assert [len(r) for r in results] == [1] * 12
     assert {r[0].track_id for r in results} == {0}
@@ -183,8 +192,8 @@ def test_smoothing_reduces_jitter_on_a_still_face(
     clip = [
         np.clip(still + rng.normal(0, 8, still.shape), 0, 255).astype(np.uint8) for _ in range(20)
     ]
-    raw = [r[0] for r in FaceTracker(analyzer).track(clip)]
-    smooth = [r[0] for r in FaceTracker(analyzer, smoothing=OneEuro()).track(clip)]
+    raw = [r[0] for r in FaceTracker(analyzer, followed()).track(clip)]
+    smooth = [r[0] for r in FaceTracker(analyzer, followed(), smoothing=OneEuro()).track(clip)]
     for a, b in zip(raw, smooth, strict=True):
         np.testing.assert_allclose(a.raw_landmarks, b.raw_landmarks)
         np.testing.assert_allclose(a.face.landmarks, a.raw_landmarks)
@@ -209,7 +218,7 @@ def test_smoothing_reduces_jitter_on_a_still_face(
 def test_smoothing_lag_is_small_on_real_talking(
     analyzer: DlibAnalyzer, demo: list[np.ndarray]
 ) -> None:
-    tracker = FaceTracker(analyzer, detect_every=5, smoothing=OneEuro(fps=25))
+    tracker = FaceTracker(analyzer, followed(detect_every=5), smoothing=OneEuro(fps=25))
     results = [r[0] for r in tracker.track(demo)]
     gaps = [nme(tf.face.landmarks, tf.raw_landmarks) for tf in results]
     assert gaps[0] == 0 and 0 < np.mean(gaps) < 0.03
@@ -243,9 +252,9 @@ def test_box_iou() -> None:
 
 def test_invalid_settings_are_rejected(analyzer: DlibAnalyzer) -> None:
     with pytest.raises(ValueError, match="detect_every"):
-        FaceTracker(analyzer, detect_every=0)
+        FaceTracker(analyzer, followed(detect_every=0))
     with pytest.raises(ValueError, match="verify_every"):
-        FaceTracker(analyzer, verify_every=0)
+        FaceTracker(analyzer, followed(verify_every=0))
     settings = FaceTracker(analyzer, smoothing=OneEuro()).settings
     assert settings["smoothing"]["beta"] == OneEuro().beta
 
@@ -257,10 +266,10 @@ def test_scene_cut_ends_tracks_even_when_the_face_stays_in_place(
     the face across it; the cut check starts a new track on the first frame after the edit."""
     shot_b = [cv2.convertScaleAbs(f, alpha=0.6, beta=70) for f in demo[10:20]]
     frames = demo[:10] + shot_b
-    tracker = FaceTracker(analyzer)
+    tracker = FaceTracker(analyzer, followed())
     with_cut = [[t.track_id for t in tracker.update(f)] for f in frames]
     assert tracker.stats["cuts"] == 1
     assert {ids[0] for ids in with_cut[:10]} == {0} and {ids[0] for ids in with_cut[10:]} == {1}
-    plain = FaceTracker(analyzer, cut_threshold=None)
+    plain = FaceTracker(analyzer, followed(cut_threshold=None))
     without = [[t.track_id for t in plain.update(f)] for f in frames]
     assert {ids[0] for ids in without} == {0}

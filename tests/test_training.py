@@ -72,9 +72,10 @@ def tiny_cfg(shards: Path, out: Path, *overrides: str):
     )
 
 
-def metrics(run_dir: Path) -> list[dict[str, float]]:
-    """Rows of the CSV logger with a training loss, as floats (empty cells dropped)."""
-    with open(run_dir / "csv" / "metrics.csv") as f:
+def metrics(run_dir: Path, version: int = 0) -> list[dict[str, float]]:
+    """Rows of the CSV logger of launch `version` into the run dir, as floats (empty cells
+    dropped)."""
+    with open(run_dir / "csv" / f"version_{version}" / "metrics.csv") as f:
         rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
     return rows
 

@@ -18,9 +18,9 @@ from tiny_models import save_tiny_whisper
 from musetalk.audio.whisper import WhisperEncoder
 from musetalk.audio.windows import audio_windows
 from musetalk.data.preprocess import PreprocessConfig, preprocess
-from musetalk.data.reader import iter_samples
+from musetalk.data.reader import iter_samples, resolve_shards
 from musetalk.data.samples import SampleOptions
-from musetalk.data.schema import UnsupportedShard
+from musetalk.data.schema import ShardError
 from musetalk.face import region as R
 from musetalk.training.data import (
     WAV_SAMPLES,
@@ -28,7 +28,6 @@ from musetalk.training.data import (
     context_box,
     log_mel,
     mel_window,
-    resolve_shards,
     wav_audio_windows,
 )
 from musetalk.training.reference import (
@@ -57,8 +56,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, whisper_
             workers=1,
             progress=False,
             sample=SampleOptions(max_frames=MAX_FRAMES),
-            audio_features="whisper",
-            whisper_model=str(whisper_dir),
+            audio={"features": "whisper", "model": str(whisper_dir)},
         )
     )
     return out
@@ -482,9 +480,9 @@ def test_unknown_schema_version_is_refused(shards: Path, tmp_path: Path) -> None
             data = json.dumps(meta).encode()
         bad.append((name, data))
     write_tar(tmp_path / "00000.tar", bad)
-    with pytest.raises(UnsupportedShard, match="schema_version 99"):
+    with pytest.raises(ShardError, match="schema_version 99"):
         datamodule(tmp_path).setup()  # audio "auto" reads the first sample
-    with pytest.raises(UnsupportedShard, match="schema_version 99"):
+    with pytest.raises(ShardError, match="schema_version 99"):
         batches(datamodule(tmp_path, audio_features="wav"))
 
 

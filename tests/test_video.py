@@ -11,6 +11,7 @@ import weakref
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 import synth
@@ -20,6 +21,7 @@ from musetalk.errors import (
     CorruptMedia,
     EmptyFile,
     MediaError,
+    MissingMedia,
     NotAMediaFile,
     NoVideoStream,
     TruncatedMedia,
@@ -209,8 +211,21 @@ def test_text_file_named_mp4(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(MissingMedia, match="nope.mp4") as e:
         probe(tmp_path / "nope.mp4")
+    assert e.value.reason == "missing"
+
+
+@pytest.mark.parametrize("image", [".jpg", ".png"])
+def test_still_image_named_like_a_video_is_not_a_video(tmp_path: Path, image: str) -> None:
+    """JPEG/PNG bytes in a .mp4 are a picture, not a one-frame video (a preprocessing skip
+    reason `not_a_video`, not `too_short`)."""
+    path = tmp_path / "photo.mp4"
+    ok, data = cv2.imencode(image, np.full((64, 64, 3), 128, np.uint8))
+    path.write_bytes(data.tobytes())
+    with pytest.raises(NotAMediaFile, match="still image") as e:
+        probe(path)
+    assert e.value.reason == "not_a_video"
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ import torch
 
 from musetalk.audio.io import SAMPLE_RATE
 from musetalk.audio.windows import STEPS_PER_SECOND, num_steps_for
+from musetalk.errors import MissingWeightsError
 
 __all__ = ["WhisperEncoder"]
 
@@ -36,13 +37,14 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return value
 
 
-def _local_dir(model: str) -> Path | None:
-    """The directory `model` names, None for a hub id; FileNotFoundError for a missing path."""
+def local_model_dir(model: str) -> Path | None:
+    """The directory `model` names, None for a hub id; MissingWeightsError for a missing path
+    or a directory without the HF Whisper files."""
     path = Path(model).expanduser()
     if path.is_dir():
         missing = [f for f in _REQUIRED_FILES if not (path / f).is_file()]
         if missing:
-            raise FileNotFoundError(
+            raise MissingWeightsError(
                 f"Whisper model directory {path} lacks {', '.join(missing)} (expected the HF "
                 "layout: config.json, preprocessor_config.json, model.safetensors or "
                 "pytorch_model.bin)"
@@ -50,7 +52,7 @@ def _local_dir(model: str) -> Path | None:
         return path
     looks_like_path = path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1
     if looks_like_path or path.exists():
-        raise FileNotFoundError(f"Whisper model directory not found: {path}")
+        raise MissingWeightsError(f"Whisper model directory not found: {path}")
     return None
 
 
@@ -96,7 +98,7 @@ class WhisperEncoder:
 
         self.device = torch.device(device)
         self.dtype = _as_dtype(dtype)
-        local = _local_dir(str(model))
+        local = local_model_dir(str(model))
         source = str(local) if local is not None else str(model)
         try:
             extractor = WhisperFeatureExtractor.from_pretrained(
@@ -107,8 +109,8 @@ class WhisperEncoder:
             )
         except OSError as e:
             if local is not None:
-                raise
-            raise OSError(
+                raise MissingWeightsError(f"could not load Whisper from {local}: {e}") from e
+            raise MissingWeightsError(
                 f"Whisper model {model!r} is not a local directory and could not be loaded from "
                 f"the Hugging Face hub or its cache ({e}); without network access pass a local "
                 "directory with the HF layout (e.g. MuseTalk's models/whisper)"

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from musetalk.data.preprocess import PreprocessConfig, run_shard
+from musetalk.data.shard_task import run_shard
 from musetalk.data.sources import Source
+
+if TYPE_CHECKING:
+    from musetalk.data.preprocess import PreprocessConfig
 
 
 def run_with_ray(
-    todo: list[int], shards: list[list[Source]], config: PreprocessConfig, workers: int, bars: Any
+    todo: list[int],
+    shards: list[list[Source]],
+    config: PreprocessConfig,
+    output_id: str,
+    workers: int,
+    bars: Any,
 ) -> list[int]:
     """Run `run_shard` for each index in `todo` as Ray tasks (1 CPU each); returns failures.
 
-    With `config.ray_address` None a local Ray instance with `workers` CPUs is started and
+    With `config.executor.address` None a local Ray instance with `workers` CPUs is started and
     shut down at the end; otherwise the existing cluster at that address is used. The output
     must then be reachable from every node (a shared filesystem or an fsspec URL).
     """
@@ -23,13 +31,13 @@ def run_with_ray(
         raise ImportError("executor=ray needs Ray: pip install -e '.[ray]'") from exc
     started_here = not ray.is_initialized()
     if started_here:
-        if config.ray_address is None:
+        if config.executor.address is None:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
         else:
-            ray.init(address=config.ray_address, log_to_driver=False)
+            ray.init(address=config.executor.address, log_to_driver=False)
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(run_shard)
-        pending = {task.remote(i, shards[i], config, None): i for i in todo}
+        pending = {task.remote(i, shards[i], config, output_id, None): i for i in todo}
         failures = []
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -12,17 +12,20 @@ where its audio ends when it is flushed.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import cv2
 import numpy as np
+from pydantic import Field
 
 from musetalk.audio import AudioStream
+from musetalk.config import settings
 from musetalk.data.schema import (
     FPS,
     LANDMARK_CONVENTION,
@@ -44,11 +47,14 @@ SEVERAL_FACES = "several_faces"
 SHORT_TRACK = "short_track"
 NO_AUDIO_LEFT = "past_audio_end"
 TOO_SHORT = "too_short"  # the whole source is shorter than min_frames
+# Source-level warnings (the source is processed; the manifest records them).
+SILENT_AUDIO = "silent_audio"  # the audio of every sample peaks below SILENCE_DBFS
+SILENCE_DBFS = -50.0
 
 PREFETCH = 4  # frames decoded ahead in a background thread while faces are analysed
 
 
-@dataclass(frozen=True)
+@settings
 class SampleOptions:
     """How samples are cut and stored.
 
@@ -58,30 +64,26 @@ class SampleOptions:
         ambiguous (several faces): it ends the sample. Smaller faces (background) are ignored.
     crop_size: training crop side; stored crops keep the training box's shorter side at this
         many pixels when the source has them (never upsampled, never needlessly large).
-    jpeg_quality: of the stored crops (OpenCV scale 0-100).
+    jpeg_quality: of the stored crops (OpenCV scale 1-100).
     shift_support, bottom_margin, context: extent of the stored context crop, see
         `musetalk.face.region.context_rect`.
     """
 
-    max_frames: int = 250
-    min_frames: int = 25
-    min_face_size: float = 64.0
-    multi_face_ratio: float = 0.5
-    crop_size: int = 256
-    jpeg_quality: int = 90
-    shift_support: float = 1.0
-    bottom_margin: float = 20.0
-    context: float = 0.15
+    max_frames: Annotated[int, Field(ge=1)] = 250
+    min_frames: Annotated[int, Field(ge=1)] = 25
+    min_face_size: Annotated[float, Field(ge=0)] = 64.0
+    multi_face_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
+    crop_size: Annotated[int, Field(ge=16, le=4096)] = 256
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
+    shift_support: Annotated[float, Field(ge=0, le=10)] = 1.0
+    bottom_margin: Annotated[float, Field(ge=0)] = 20.0
+    context: Annotated[float, Field(ge=0, le=2)] = 0.15
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_frames <= self.max_frames:
+        if self.min_frames > self.max_frames:
             raise ValueError(
-                f"need 1 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}"
+                f"min_frames ({self.min_frames}) must be <= max_frames ({self.max_frames})"
             )
-        if not 0 < self.multi_face_ratio <= 1:
-            raise ValueError(f"multi_face_ratio must be in (0, 1], got {self.multi_face_ratio}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
 
 
 class StageTimes(Counter):
@@ -126,6 +128,8 @@ class SourceReport:
     rotation: int | None = None
     resampled: bool = False
     seconds: float = 0.0
+    audio_peak_dbfs: float | None = None  # loudest audio sample in the samples, dB full scale
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -236,6 +240,8 @@ class SourceProcessor:
         if not info.samples:
             info.status = "skipped"
             info.reason = self._skip_reason()
+        elif info.audio_peak_dbfs is not None and info.audio_peak_dbfs < SILENCE_DBFS:
+            info.warnings.append(SILENT_AUDIO)
 
     def _cut(self, reader: VideoReader, audio: AudioStream) -> Iterator[SampleData]:
         """Track the frames and cut them into runs of one face; flush each run as it ends."""
@@ -311,6 +317,9 @@ class SourceProcessor:
                 sample.members["whisper.npy"] = encode_npy(self.features(wav).astype(np.float16))
         self.report.samples.append(sample.key)
         self.report.frames_in_samples += len(run)
+        peak = 20 * math.log10(max(float(np.abs(wav).max(initial=0.0)), 1e-10))
+        previous = self.report.audio_peak_dbfs
+        self.report.audio_peak_dbfs = round(peak if previous is None else max(previous, peak), 1)
         yield sample
 
     def _build(self, run: list[_Frame], wav: np.ndarray) -> SampleData:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
+
+from musetalk.errors import ShardError, ShardVersionError
 from musetalk.face.region import REGION_VERSION
 
 #: Version of the sample layout. Bump on any incompatible change; readers refuse unknown ones.
@@ -24,10 +27,7 @@ SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 audio samples per video frame
 LANDMARK_CONVENTION = "iBUG-300W 68 points, 0-based, (x, y) in original-frame pixels"
 
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
-
-
-class UnsupportedShard(ValueError):
-    """A shard sample this reader cannot use (unknown version, missing fields)."""
+MAX_COORDINATE = 1e6  # pixels: no video frame is larger; anything beyond is a damaged json
 
 
 def frame_member(index: int) -> str:
@@ -63,21 +63,60 @@ REQUIRED_FIELDS = (
 )
 
 
-def check_meta(meta: dict[str, Any], where: str = "sample") -> dict[str, Any]:
-    """Refuse samples of unknown schema/region versions or with missing fields."""
+#: Per-frame fields of the sample json: name -> shape after the frame axis.
+PER_FRAME_ARRAYS = {
+    "landmarks": (68, 2),
+    "det_box": (4,),
+    "training_box": (4,),
+    "crop_rect": (4,),
+    "crop_size": (2,),
+    "frame_index": (),
+    "mask_upper_bound": (),
+    "equivalent_shift": (),
+}
+#: Per-frame lists that may hold null (no value for that frame).
+PER_FRAME_LISTS = ("nearest_nose_landmark", "equivalent_shift_norm")
+
+
+def check_meta(meta: Any, where: str = "sample") -> dict[str, Any]:
+    """Refuse sample jsons of unknown schema/region versions, with missing fields, or whose
+    per-frame arrays do not have `num_frames` finite entries of the right shape."""
+    if not isinstance(meta, dict):
+        raise ShardError(f"{where}: the json member is not an object")
     schema = meta.get("schema_version")
     if schema not in KNOWN_SCHEMA_VERSIONS:
-        raise UnsupportedShard(
+        raise ShardVersionError(
             f"{where}: schema_version {schema!r} is not supported by this reader "
             f"(known: {sorted(KNOWN_SCHEMA_VERSIONS)}); re-run preprocessing or upgrade musetalk"
         )
     region = meta.get("region_version")
     if region not in KNOWN_REGION_VERSIONS:
-        raise UnsupportedShard(
+        raise ShardVersionError(
             f"{where}: region_version {region!r} is not supported by this reader "
             f"(known: {sorted(KNOWN_REGION_VERSIONS)}); re-run preprocessing or upgrade musetalk"
         )
     missing = [name for name in REQUIRED_FIELDS if name not in meta]
     if missing:
-        raise UnsupportedShard(f"{where}: missing fields {missing}")
+        raise ShardError(f"{where}: missing fields {missing}")
+    n = meta["num_frames"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ShardError(f"{where}: num_frames must be a positive integer, got {n!r}")
+    for name, shape in PER_FRAME_ARRAYS.items():
+        try:
+            arr = np.asarray(meta[name], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ShardError(f"{where}: {name} is not a numeric array") from None
+        if arr.shape != (n, *shape):
+            raise ShardError(
+                f"{where}: {name} has shape {arr.shape}, expected {(n, *shape)} (num_frames {n})"
+            )
+        if not np.isfinite(arr).all():
+            raise ShardError(f"{where}: {name} holds NaN or infinite values")
+        if np.abs(arr).max(initial=0.0) > MAX_COORDINATE:
+            raise ShardError(f"{where}: {name} holds values beyond {MAX_COORDINATE:g}")
+    for name in PER_FRAME_LISTS:
+        if not isinstance(meta[name], list) or len(meta[name]) != n:
+            raise ShardError(f"{where}: {name} must list {n} values (num_frames)")
+    if (np.asarray(meta["crop_size"]) < 1).any():
+        raise ShardError(f"{where}: crop_size must be positive")
     return meta

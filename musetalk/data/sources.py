@@ -3,16 +3,21 @@
 An input is a video file, a directory (searched recursively for video files), or a list file:
 `.txt` with one video per line, or `.csv` with a `video` column and an optional `audio` column
 (a separate audio track for a video without sound). Relative paths in a list file are relative
-to the list file. The order is sorted, so the same input always gives the same shards.
+to the list file. Paths are made absolute and sorted, so the same input always gives the same
+shards wherever the command is started from.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from musetalk.errors import InputError, InputNotFoundError
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".wmv"}
@@ -33,12 +38,31 @@ class Source:
         digest = hashlib.sha1(f"{self.video}|{self.audio or ''}".encode()).hexdigest()[:8]
         return f"{stem}-{digest}"
 
+    def record(self) -> dict[str, Any]:
+        """Path, size and mtime of the video (and audio) file: what a rerun compares to tell
+        whether a source changed since it was processed (None where a file is missing)."""
+        out: dict[str, Any] = {"video": self.video, "audio": self.audio}
+        for role, path in (("video", self.video), ("audio", self.audio)):
+            if path is None:
+                continue
+            try:
+                stat = os.stat(path)
+            except OSError:
+                out[f"{role}_size"] = out[f"{role}_mtime_ns"] = None
+                continue
+            out[f"{role}_size"], out[f"{role}_mtime_ns"] = stat.st_size, stat.st_mtime_ns
+        return out
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Source:
+        return cls(record["video"], record.get("audio"))
+
 
 def list_sources(input_path: str | Path) -> list[Source]:
     """The sources of an input (file, directory, .txt or .csv list), sorted and de-duplicated."""
-    path = Path(input_path)
+    path = Path(os.path.abspath(Path(input_path).expanduser()))
     if not path.exists():
-        raise FileNotFoundError(f"input {str(input_path)!r} does not exist")
+        raise InputNotFoundError(f"input {str(input_path)!r} does not exist")
     if path.is_dir():
         found = [
             Source(str(p))
@@ -59,16 +83,16 @@ def list_sources(input_path: str | Path) -> list[Source]:
 
 
 def _resolve(entry: str, list_file: Path) -> str:
-    if "://" in entry or Path(entry).is_absolute():
+    if "://" in entry:
         return entry
-    return str(list_file.parent / entry)
+    return os.path.abspath(list_file.parent / Path(entry).expanduser())
 
 
 def _read_csv(path: Path) -> list[Source]:
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "video" not in reader.fieldnames:
-            raise ValueError(f"{path}: a csv input needs a 'video' column (and optionally 'audio')")
+            raise InputError(f"{path}: a csv input needs a 'video' column (and optionally 'audio')")
         return [
             Source(
                 _resolve(row["video"].strip(), path),

@@ -19,7 +19,7 @@ from musetalk.errors import MediaError
 from musetalk.face import region as R
 from musetalk.face.analyzer import BACKENDS, DEFAULT_BACKEND, Face, build_analyzer
 from musetalk.face.draw import draw_face
-from musetalk.face.tracking import FaceTracker
+from musetalk.face.tracking import INFERENCE_TRACKING, FaceTracker
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             faces = analyzer([frame])[0]
             main_landmarks = [faces[0].landmarks] if faces else []
         else:
-            tracker = FaceTracker(analyzer)
+            tracker = FaceTracker(analyzer, INFERENCE_TRACKING)
             frame, faces, main_landmarks = analyse_video(args.input, args.frame, tracker)
     except (MediaError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

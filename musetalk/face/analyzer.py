@@ -8,11 +8,14 @@ it on a list of frames does both. Landmarks are (68, 2) float arrays in original
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from musetalk.config import check_options
+from musetalk.errors import ConfigError
 
 NUM_LANDMARKS = 68
 
@@ -122,10 +125,25 @@ BACKENDS: dict[str, str] = {
 DEFAULT_BACKEND = "dlib"
 
 
+def backend_class(backend: str) -> Callable[..., FaceAnalyzer]:
+    """The FaceAnalyzer subclass of a backend name (its module imported now)."""
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"face.backend={backend!r}: unknown backend; expected one of {sorted(BACKENDS)}"
+        )
+    module_name, attr = BACKENDS[backend].split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def check_face(face: Mapping[str, Any], prefix: str = "face") -> None:
+    """Check a face setting `{backend: name, **options}` against the backend's constructor
+    (names and types) without loading any model; ConfigError names the bad key."""
+    options = dict(face)
+    if "backend" not in options:
+        raise ConfigError(f"{prefix}.backend: required, not given (one of {sorted(BACKENDS)})")
+    check_options(backend_class(options.pop("backend")), options, prefix)
+
+
 def build_analyzer(backend: str = DEFAULT_BACKEND, **options: Any) -> FaceAnalyzer:
     """Build a face analyzer by backend name; options go to the backend's constructor."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown face backend {backend!r}; expected one of {sorted(BACKENDS)}")
-    module_name, attr = BACKENDS[backend].split(":")
-    cls: Callable[..., FaceAnalyzer] = getattr(importlib.import_module(module_name), attr)
-    return cls(**options)
+    return backend_class(backend)(**options)

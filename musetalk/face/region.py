@@ -16,6 +16,7 @@ Conventions (see README "Region conventions"):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -215,6 +216,35 @@ def shift_range(landmarks_seq: Iterable[object | None]) -> tuple[float, float]:
     if not up:
         raise ValueError("shift_range needs at least one frame with landmarks")
     return -float(np.mean(up)), float(np.mean(down))
+
+
+def shift_limits(landmarks_seq: Iterable[object | None]) -> tuple[int, int]:
+    """The bbox_shift interval [lo, hi] (whole pixels) inside which the shift still moves the mask
+    boundary of a set of frames, i.e. where the boundary is monotonic in the shift.
+
+    hi: the largest shift at which every frame keeps a landmark box at least 2 px tall: at
+    lm29.y + s >= the lowest landmark the box vanishes (MuseTalk then silently used the detector
+    box). lo: the shift at which every frame's box top has reached the frame's top edge, where
+    the top is clamped, so a smaller shift changes nothing. Frames given as None are ignored.
+    Shifts outside are clipped to it (`clip_shift`).
+    """
+    lows, highs = [], []
+    for lm in landmarks_seq:
+        if lm is None:
+            continue
+        lms = as_landmarks(lm)
+        y_max = lms[:, 1].max()
+        lows.append(y_max / 2.0 - lms[29, 1])
+        highs.append(y_max - lms[29, 1] - 1.0)
+    if not lows:
+        raise ValueError("shift_limits needs at least one frame with landmarks")
+    return math.ceil(min(lows)), math.floor(min(highs))
+
+
+def clip_shift(bbox_shift: float, limits: tuple[int, int]) -> float:
+    """bbox_shift clipped to `shift_limits`' interval."""
+    lo, hi = limits
+    return min(max(bbox_shift, lo), hi)
 
 
 def format_shift_range(num_frames: int, shift_range: tuple[float, float], current: float) -> str:

@@ -20,11 +20,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import cv2
 import numpy as np
+from pydantic import Field
 
+from musetalk.config import settings
 from musetalk.face.analyzer import Face, FaceAnalyzer, box_iou, check_frame
 
 
@@ -176,8 +178,13 @@ def _box_from(landmarks: np.ndarray, rel: np.ndarray) -> np.ndarray:
     return np.concatenate([centre - size / 2, centre + size / 2])
 
 
-class FaceTracker:
-    """Streaming multi-face tracker over a `FaceAnalyzer`.
+@settings
+class TrackingOptions:
+    """How `FaceTracker` trades detector runs for landmark following (one source of defaults).
+
+    The defaults suit preprocessing (a vanished face is noticed within `verify_every` frames);
+    `INFERENCE_TRACKING` checks every frame, since inference must not paste a mouth where the
+    face has gone.
 
     detect_every: full-frame detection on every this many frames while faces are tracked
         (1 = detect every frame, i.e. the analyzer alone, with track ids).
@@ -196,66 +203,53 @@ class FaceTracker:
         detected box (on real talking heads the offset stays below ~0.2, mostly below 0.12).
     min_face: smallest followed face (box side, pixels) before the track is lost.
     max_faces: keep at most this many tracks (the largest new detections first); None = all.
-    smoothing: One-Euro settings to smooth landmarks and boxes causally per track; None = off.
     cut_threshold: a scene cut (mean absolute difference of 32x32 grey thumbnails of
         consecutive frames above this, in grey levels) ends every track and forces a full
         detection, so faces on both sides of an edit never share a track. Consecutive frames
         of a talking head differ by ~0.2-1.5, cuts by ~30-70. None = off.
     """
 
+    detect_every: Annotated[int, Field(ge=1)] = 25
+    idle_detect_every: Annotated[int, Field(ge=1)] = 3
+    verify_every: Annotated[int, Field(ge=1)] | None = 5
+    verify_size: Annotated[int, Field(ge=16)] = 100
+    match_iou: Annotated[float, Field(gt=0, le=1)] = 0.3
+    min_step_iou: Annotated[float, Field(ge=0, le=1)] = 0.5
+    reanchor_offset: Annotated[float, Field(gt=0)] = 0.15
+    min_face: Annotated[float, Field(gt=0)] = 16.0
+    max_faces: Annotated[int, Field(ge=1)] | None = None
+    cut_threshold: Annotated[float, Field(gt=0)] | None = 12.0
+
+
+#: Inference: a local check on every frame (a face that leaves is noticed at once) and detection
+#: on every faceless frame (a face is used from the frame it appears).
+INFERENCE_TRACKING = TrackingOptions(verify_every=1, idle_detect_every=1)
+
+
+class FaceTracker:
+    """Streaming multi-face tracker over a `FaceAnalyzer`.
+
+    options: `TrackingOptions` (detection, verification and scene-cut settings).
+    smoothing: One-Euro settings to smooth landmarks and boxes causally per track; None = off.
+    """
+
     def __init__(
         self,
         analyzer: FaceAnalyzer,
-        detect_every: int = 5,
-        idle_detect_every: int = 1,
-        verify_every: int | None = 1,
-        verify_size: int = 100,
-        match_iou: float = 0.3,
-        min_step_iou: float = 0.5,
-        reanchor_offset: float = 0.15,
-        min_face: float = 16.0,
-        max_faces: int | None = None,
+        options: TrackingOptions | None = None,
         smoothing: OneEuro | None = None,
-        cut_threshold: float | None = 12.0,
     ) -> None:
-        if detect_every < 1 or idle_detect_every < 1:
-            raise ValueError(
-                f"detect_every and idle_detect_every must be >= 1, "
-                f"got {detect_every}, {idle_detect_every}"
-            )
-        if verify_every is not None and verify_every < 1:
-            raise ValueError(f"verify_every must be >= 1 or None, got {verify_every}")
-        if max_faces is not None and max_faces < 1:
-            raise ValueError(f"max_faces must be >= 1 or None, got {max_faces}")
         self.analyzer = analyzer
-        self.detect_every = int(detect_every)
-        self.idle_detect_every = int(idle_detect_every)
-        self.verify_every = verify_every
-        self.verify_size = int(verify_size)
-        self.match_iou = float(match_iou)
-        self.min_step_iou = float(min_step_iou)
-        self.reanchor_offset = float(reanchor_offset)
-        self.min_face = float(min_face)
-        self.max_faces = max_faces
+        self.options = options if options is not None else TrackingOptions()
         self.smoothing = smoothing
-        self.cut_threshold = cut_threshold
         self.reset()
 
     @property
     def settings(self) -> dict[str, Any]:
         """JSON-serialisable tracker settings (recorded with the landmarks)."""
         return {
-            "detect_every": self.detect_every,
-            "idle_detect_every": self.idle_detect_every,
-            "verify_every": self.verify_every,
-            "verify_size": self.verify_size,
-            "match_iou": self.match_iou,
-            "min_step_iou": self.min_step_iou,
-            "reanchor_offset": self.reanchor_offset,
-            "min_face": self.min_face,
-            "max_faces": self.max_faces,
+            **asdict(self.options),
             "smoothing": None if self.smoothing is None else asdict(self.smoothing),
-            "cut_threshold": self.cut_threshold,
         }
 
     def reset(self) -> None:
@@ -296,7 +290,7 @@ class FaceTracker:
             self._tracks = []
             self.stats["cuts"] += 1
         steps: dict[int, _Step | None] = {t.id: self._follow(frame, t) for t in self._tracks}
-        every = self.detect_every if self._tracks else self.idle_detect_every
+        every = self.options.detect_every if self._tracks else self.options.idle_detect_every
         must_detect = cut or self._since_detect >= every or any(s is None for s in steps.values())
         if not must_detect:
             self._verify_due(frame, steps, forced=False)
@@ -316,7 +310,7 @@ class FaceTracker:
             out.append(self._advance(track, step, new=False))
         self._tracks = survivors
         for face in new_faces:
-            if self.max_faces is not None and len(self._tracks) >= self.max_faces:
+            if self.options.max_faces is not None and len(self._tracks) >= self.options.max_faces:
                 break
             out.append(self._start(face))
         out.sort(key=lambda tf: -tf.face.area)
@@ -327,13 +321,16 @@ class FaceTracker:
 
     def _scene_cut(self, frame: np.ndarray) -> bool:
         """True when this frame differs from the previous one like an edit does."""
-        if self.cut_threshold is None:
+        if self.options.cut_threshold is None:
             return False
         step = max(1, min(frame.shape[:2]) // 128)  # subsample first: large frames stay cheap
         grey = cv2.cvtColor(np.ascontiguousarray(frame[::step, ::step]), cv2.COLOR_RGB2GRAY)
         thumb = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
         previous, self._thumb = self._thumb, thumb
-        return previous is not None and float(np.abs(thumb - previous).mean()) > self.cut_threshold
+        return (
+            previous is not None
+            and float(np.abs(thumb - previous).mean()) > self.options.cut_threshold
+        )
 
     def _follow(self, frame: np.ndarray, track: _Track) -> _Step | None:
         """Fit the track's face in a box predicted from its last landmarks; None if lost."""
@@ -344,9 +341,9 @@ class FaceTracker:
         centre = (box[:2] + box[2:]) / 2
         if (
             not np.all(np.isfinite(box))
-            or min(box[2] - box[0], box[3] - box[1]) < self.min_face
+            or min(box[2] - box[0], box[3] - box[1]) < self.options.min_face
             or not (0 <= centre[0] < w and 0 <= centre[1] < h)
-            or box_iou(box, box_in) < self.min_step_iou
+            or box_iou(box, box_in) < self.options.min_step_iou
         ):
             return None
         return _Step(lms, box, track.score, detected=False)
@@ -363,14 +360,17 @@ class FaceTracker:
             if step is None or step.detected:
                 continue
             track.since_verify += 1
-            due = self.verify_every is not None and track.since_verify >= self.verify_every
+            due = (
+                self.options.verify_every is not None
+                and track.since_verify >= self.options.verify_every
+            )
             if not (forced or due):
                 continue
             track.since_verify = 0
             found = self._verify(frame, step.box)
             if found is None:
                 steps[track.id] = None
-            elif _centre_offset(found[0], step.box) > self.reanchor_offset:
+            elif _centre_offset(found[0], step.box) > self.options.reanchor_offset:
                 lms = self.analyzer.landmarks(frame, [found[0]])[0]
                 steps[track.id] = _Step(lms, found[0], found[1], detected=True)
             else:
@@ -386,14 +386,14 @@ class FaceTracker:
         x0, y0 = (max(0, math.floor(v - side)) for v in centre)
         x1, y1 = min(w, math.ceil(centre[0] + side)), min(h, math.ceil(centre[1] + side))
         crop = frame[y0:y1, x0:x1]
-        scale = self.verify_size / side
+        scale = self.options.verify_size / side
         size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         crop = cv2.resize(crop, size, interpolation=interp)
         offset = np.array([x0, y0, x0, y0], dtype=np.float64)
         found = [(b / scale + offset, score) for b, score in self.analyzer.detect(crop)]
         best = max(found, key=lambda bs: box_iou(bs[0], box), default=None)
-        if best is None or box_iou(best[0], box) < self.match_iou:
+        if best is None or box_iou(best[0], box) < self.options.match_iou:
             return None
         return best
 
@@ -408,7 +408,7 @@ class FaceTracker:
             ref = track.box if step is None else step.box
             for j, face in enumerate(faces):
                 iou = box_iou(ref, face.box)
-                if iou >= self.match_iou:
+                if iou >= self.options.match_iou:
                     pairs.append((iou, track.id, j))
         used_tracks: set[int] = set()
         used_faces: set[int] = set()

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from musetalk.errors import NotAMediaFile
+from musetalk.errors import NoFaceError, NotAMediaFile
 from musetalk.face import region as R
 from musetalk.face.blend import file_sha256
 
@@ -58,10 +58,6 @@ META = "avatar.json"
 FRAMES = "frames.npy"
 FACES = "faces.safetensors"
 REGIONS = "regions.safetensors"
-
-
-class NoFaceError(ValueError):
-    """No frame of the input has a usable face."""
 
 
 def ping_pong(k: int, n: int) -> int:

@@ -13,92 +13,111 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field
 
 from musetalk.audio import SAMPLE_RATE, load_audio, num_frames_for
-from musetalk.face.blend import BLEND_MODES
+from musetalk.config import Device, settings
+from musetalk.errors import ConfigError, InputError, InputNotFoundError, OutputRefusedError
+from musetalk.face.analyzer import check_face
+from musetalk.face.tracking import INFERENCE_TRACKING, TrackingOptions
 from musetalk.inference.avatar import is_image
 from musetalk.inference.shift import parse_bbox_shift
 from musetalk.inference.weights import normalize_version
-from musetalk.pipeline import DEFAULT_TRACKING, MuseTalkPipeline
+from musetalk.pipeline import MuseTalkPipeline
 
-__all__ = ["InferenceConfig", "InferenceResult", "build_pipeline", "infer"]
+__all__ = [
+    "BlendOptions",
+    "InferenceConfig",
+    "InferenceResult",
+    "ModelSource",
+    "build_pipeline",
+    "infer",
+]
 
-LAYOUTS = ("released", "export", "tiny")
 VIDEO_FPS = 25
 
 
-@dataclass(frozen=True)
+@settings
+class ModelSource:
+    """Where the weights come from (the `infer_model` group).
+
+    layout: "released" (MuseTalk's download layout under models_dir), "export" (a training
+    run's export dir as models_dir) or "tiny" (seeded random weights, smoke runs).
+    vae / whisper: local dirs or HF ids overriding the layout's; seed: of the tiny weights.
+    """
+
+    layout: Literal["released", "export", "tiny"] = "released"
+    vae: str | None = None
+    whisper: str | None = None
+    seed: int = 0
+
+
+@settings
+class BlendOptions:
+    """How generated crops are pasted back (`musetalk.face.blend`).
+
+    mode: "landmarks" (lower-face mask from the jaw landmarks, no model) or "parsing" (a
+    BiSeNet face-parsing ONNX `parsing_model`). feather / grow: fractions of the 256 px crop.
+    """
+
+    mode: Literal["landmarks", "parsing"] = "landmarks"
+    parsing_model: str | None = None
+    feather: Annotated[float, Field(ge=0, le=0.5)] = 0.05
+    grow: Annotated[float, Field(ge=0, le=0.5)] = 0.04
+
+    def __post_init__(self) -> None:
+        if self.mode == "parsing" and not self.parsing_model:
+            raise ValueError("mode=parsing needs parsing_model=<BiSeNet face-parsing .onnx>")
+
+
+@settings
 class InferenceConfig:
     """Everything that defines one inference run (plain values; Hydra lives in infer.py).
 
     video: a video or an image. audio: any file FFmpeg reads. output: the mp4 to write.
     bbox_shift: px or "auto"; auto_stats: a preprocess output's stats.json for auto.
-    model: {"layout": "released" | "export" | "tiny", "vae": ..., "whisper": ..., "seed": ...};
-    models_dir: the released layout's root or the export dir; version: v15 | v1 (released).
-    extra_margin: px below the landmarks (None: 10 for v1.5 and exports, 0 for v1).
-    face: {"backend": name, **options}; tracking: FaceTracker options.
-    blend: {"mode": "landmarks" | "parsing", "parsing_model": path, "feather", "grow"}.
-    fps: frame rate for image inputs (videos are always resampled to 25 fps).
-    audio_positional_encoding: None = what the weights say (on for released weights).
-    audio_seconds: use only the first this many seconds of the audio.
-    avatar_cache: directory to cache (and reuse) the prepared video in.
-    prefetch: frames generated ahead of the encoder in a background thread (the models run
-    while the previous frames are encoded); None = 2 x batch_size, 0 = one after the other.
+    infer_model: `ModelSource`; models_dir: the released layout's root or the export dir;
+    version: v15 | v1 (released). extra_margin: px below the landmarks (None: 10 for v1.5 and
+    exports, 0 for v1). face: {"backend": name, **options}; tracking: `TrackingOptions`;
+    blend: `BlendOptions`. fps: frame rate for image inputs (videos are always resampled to 25
+    fps). audio_positional_encoding: None = what the weights say (on for released weights).
+    audio_seconds: use only the first this many seconds of the audio. avatar_cache: directory
+    to cache (and reuse) the prepared video in. prefetch: frames generated ahead of the encoder
+    in a background thread (the models run while the previous frames are encoded); None = 2 x
+    batch_size, 0 = one after the other.
     """
 
-    video: str
-    audio: str
-    output: str
-    bbox_shift: float | str = 0
+    video: Annotated[str, Field(min_length=1)]
+    audio: Annotated[str, Field(min_length=1)]
+    output: Annotated[str, Field(min_length=1)]
+    bbox_shift: Annotated[float | str, AfterValidator(parse_bbox_shift)] = 0
     auto_stats: str | None = None
-    model: dict[str, Any] = field(default_factory=lambda: {"layout": "released"})
+    infer_model: ModelSource = field(default_factory=ModelSource)
     models_dir: str | None = "models"
-    version: str = "v15"
-    extra_margin: float | None = None
+    version: Annotated[str, AfterValidator(normalize_version)] = "v15"
+    extra_margin: Annotated[float, Field(ge=0)] | None = None
     face: dict[str, Any] = field(default_factory=lambda: {"backend": "dlib"})
-    tracking: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TRACKING))
-    blend: dict[str, Any] = field(default_factory=lambda: {"mode": "landmarks"})
-    batch_size: int = 8
+    tracking: TrackingOptions = field(default_factory=lambda: INFERENCE_TRACKING)
+    blend: BlendOptions = field(default_factory=BlendOptions)
+    batch_size: Annotated[int, Field(ge=1)] = 8
     fp16: bool = False
-    device: str = "cpu"
-    fps: float = 25
+    device: Device = "cpu"
+    fps: Annotated[float, Field(gt=0, le=240)] = 25
     audio_positional_encoding: bool | None = None
-    audio_seconds: float | None = None
+    audio_seconds: Annotated[float, Field(gt=0)] | None = None
     avatar_cache: str | None = None
-    prefetch: int | None = None
+    prefetch: Annotated[int, Field(ge=0)] | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "bbox_shift", parse_bbox_shift(self.bbox_shift))
-        object.__setattr__(self, "version", normalize_version(self.version))
-        layout = self.model.get("layout")
-        if layout not in LAYOUTS:
-            raise ValueError(f"model layout must be one of {LAYOUTS}, got {layout!r}")
-        if layout != "tiny" and not self.models_dir:
-            raise ValueError(f"model layout {layout!r} needs models_dir=<dir>")
-        if "backend" not in self.face:
-            raise ValueError(f"face config needs a 'backend', got {self.face}")
-        if self.blend.get("mode", "landmarks") not in BLEND_MODES:
-            raise ValueError(f"blend.mode must be one of {BLEND_MODES}, got {self.blend}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.fps <= 0:
-            raise ValueError(f"fps must be > 0, got {self.fps}")
-        if self.prefetch is not None and self.prefetch < 0:
-            raise ValueError(f"prefetch must be >= 0 (or null), got {self.prefetch}")
-        if self.audio_seconds is not None and self.audio_seconds <= 0:
-            raise ValueError(f"audio_seconds must be > 0, got {self.audio_seconds}")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> InferenceConfig:
-        """From a resolved Hydra config: the `infer_model` group becomes `model`, unknown keys
-        raise TypeError."""
-        values = dict(values)
-        values.pop("hydra", None)
-        if "infer_model" in values:
-            values["model"] = values.pop("infer_model")
-        return cls(**values)
+        if self.infer_model.layout != "tiny" and not self.models_dir:
+            raise ValueError(f"infer_model={self.infer_model.layout} needs models_dir=<dir>")
+        if self.fp16 and self.infer_model.layout == "tiny":
+            raise ValueError("fp16 is for real weights on a GPU, not the tiny random model")
+        if self.fp16 and not self.device.startswith("cuda"):
+            raise ValueError(f"fp16 needs a CUDA device, got device={self.device}")
 
 
 @dataclass
@@ -122,32 +141,30 @@ class InferenceResult:
 
 def build_pipeline(config: InferenceConfig) -> MuseTalkPipeline:
     """The pipeline a config names (model source, face backend, blend, device)."""
-    blend = {"mode": "landmarks", **config.blend}
+    check_face(config.face)
     face = dict(config.face)
+    blend = config.blend
     kwargs: dict[str, Any] = {
         "face": face.pop("backend"),
         "face_options": face,
         "tracking": config.tracking,
         "extra_margin": config.extra_margin,
         "audio_positional_encoding": config.audio_positional_encoding,
-        "blend": blend.pop("mode"),
+        "blend": blend.mode,
+        "parsing_model": blend.parsing_model,
+        "feather": blend.feather,
+        "grow": blend.grow,
         "batch_size": config.batch_size,
-        **{k: v for k, v in blend.items() if v is not None},
     }
-    model = dict(config.model)
-    layout = model.pop("layout")
-    if layout == "tiny":
-        if config.fp16:
-            raise ValueError("fp16 is for real weights on a GPU, not the tiny random model")
-        return MuseTalkPipeline.tiny(seed=int(model.get("seed", 0)), device=config.device, **kwargs)
+    source = config.infer_model
+    if source.layout == "tiny":
+        return MuseTalkPipeline.tiny(seed=source.seed, device=config.device, **kwargs)
     kwargs.update(device=config.device, fp16=config.fp16)
-    if layout == "released":
+    if source.layout == "released":
         return MuseTalkPipeline.from_models_dir(
-            config.models_dir, config.version, model.get("vae"), model.get("whisper"), **kwargs
+            config.models_dir, config.version, source.vae, source.whisper, **kwargs
         )
-    return MuseTalkPipeline.from_export_dir(
-        config.models_dir, model.get("vae"), model.get("whisper"), **kwargs
-    )
+    return MuseTalkPipeline.from_export_dir(config.models_dir, source.vae, source.whisper, **kwargs)
 
 
 def infer(config: InferenceConfig, pipeline: MuseTalkPipeline | None = None) -> InferenceResult:
@@ -160,16 +177,22 @@ def infer(config: InferenceConfig, pipeline: MuseTalkPipeline | None = None) -> 
     start = time.perf_counter()
     video, output = Path(config.video), Path(config.output)
     if not video.is_file():
-        raise FileNotFoundError(f"video not found: {video}")
+        raise InputNotFoundError(f"video not found: {video}")
     if output.suffix.lower() != ".mp4":
-        raise ValueError(f"output must be an .mp4 file, got {output}")
+        raise ConfigError(f"output={str(output)!r}: must be an .mp4 file")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputRefusedError(
+            f"output={config.output!r}: cannot create its directory ({exc})"
+        ) from None
     audio = load_audio(config.audio, SAMPLE_RATE)
     if config.audio_seconds is not None:
         audio = audio[: round(config.audio_seconds * SAMPLE_RATE)]
     fps = float(config.fps) if is_image(video) else VIDEO_FPS
     needed = num_frames_for(len(audio), SAMPLE_RATE, fps)
     if needed == 0:
-        raise ValueError(f"{config.audio}: audio shorter than one frame ({1 / fps:.3f} s)")
+        raise InputError(f"{config.audio}: audio shorter than one frame ({1 / fps:.3f} s)")
     pipe = pipeline if pipeline is not None else build_pipeline(config)
     pipe.timings.reset()
     avatar = pipe.prepare_avatar(
@@ -188,7 +211,6 @@ def infer(config: InferenceConfig, pipeline: MuseTalkPipeline | None = None) -> 
     print(avatar.bbox_shift_reason, flush=True)
     if avatar.cache_status != "none":
         print(f"avatar cache {config.avatar_cache}: {avatar.cache_status}", flush=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
     prefetch = 2 * pipe.batch_size if config.prefetch is None else config.prefetch
     bar = None
     if config.progress:

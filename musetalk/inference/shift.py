@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from musetalk.errors import ConfigError, InputError, InputNotFoundError
 from musetalk.face import region as R
 
 __all__ = ["AUTO", "BuiltinShift", "load_shift_stats", "parse_bbox_shift", "resolve_bbox_shift"]
@@ -70,11 +71,11 @@ def load_shift_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
     if path.is_dir():
         path = path / "stats.json"
     if not path.is_file():
-        raise FileNotFoundError(f"auto_stats: {path} not found (a preprocess output's stats.json)")
+        raise InputNotFoundError(f"auto_stats: {path} not found (a preprocess output's stats.json)")
     stats = json.loads(path.read_text())
     norm = stats.get("equivalent_shift_norm") if isinstance(stats, dict) else None
     if not isinstance(norm, Mapping) or "q50" not in norm:
-        raise ValueError(
+        raise InputError(
             f"auto_stats: {path} has no equivalent_shift_norm.q50 (the median equivalent shift in "
             "nose lengths that preprocessing writes into stats.json)"
         )
@@ -90,9 +91,10 @@ def resolve_bbox_shift(
 ) -> tuple[float, str]:
     """The bbox_shift to use (px of the frame) and a sentence saying why.
 
-    bbox_shift: a number (used as given; the sentence notes when it is outside this video's
-    adjustable range) or "auto": from `stats` (a stats.json dict) when given, else the weights'
-    `builtin` value, else ValueError. landmarks: per-frame (68, 2) arrays, None without a face.
+    bbox_shift: a number (used as given inside this video's geometric limits, `region.shift_limits`,
+    else clipped to them with a warning; the sentence also notes a value outside the adjustable
+    range) or "auto": from `stats` (a stats.json dict) when given, else the weights' `builtin`
+    value, else ValueError. landmarks: per-frame (68, 2) arrays, None without a face.
     """
     with_face = [R.as_landmarks(lm) for lm in landmarks if lm is not None]
     if not with_face:
@@ -100,6 +102,19 @@ def resolve_bbox_shift(
     lo, hi = R.shift_range(with_face)
     if bbox_shift != AUTO:
         shift = parse_bbox_shift(bbox_shift)
+        limits = R.shift_limits(with_face)
+        used = R.clip_shift(shift, limits)
+        if used != shift:
+            where = (
+                "its lowest landmark, where the crop box vanishes"
+                if shift > used
+                else "the frame's top edge, where the box top stops moving"
+            )
+            return used, (
+                f"warning: bbox_shift={shift:g} is past this video's geometric limit "
+                f"[{limits[0]} ~ {limits[1]}] (the mask boundary would pass {where}): "
+                f"using bbox_shift={used:g}"
+            )
         if not int(lo) <= shift <= int(hi):
             return shift, (
                 f"bbox_shift={shift:g} is outside this video's adjustable range "
@@ -115,7 +130,7 @@ def resolve_bbox_shift(
     if builtin is not None:
         shift = min(max(builtin.shift, int(lo)), int(hi))
         return shift, f"bbox_shift=auto -> {shift:+d} px: {builtin.reason}"
-    raise ValueError(
+    raise ConfigError(
         "bbox_shift=auto needs the training data's statistics for these weights: pass "
         "auto_stats=<preprocess output>/stats.json (or export them with the weights as "
         "training.json 'shift_stats')"

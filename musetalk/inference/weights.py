@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from musetalk.errors import MissingWeightsError
+
 __all__ = [
     "DEFAULT_VAE",
     "DEFAULT_WHISPER",
@@ -45,10 +47,6 @@ RELEASED_UNET = {"v15": ("musetalkV15", "unet.pth"), "v1": ("musetalk", "pytorch
 #: Pixels MuseTalk adds below the landmarks at inference, per version.
 EXTRA_MARGIN = {"v15": 10, "v1": 0}
 _VERSION_NAMES = {"v15": "v15", "v1.5": "v15", "1.5": "v15", "v1": "v1", "v1.0": "v1", "1.0": "v1"}
-
-
-class MissingWeightsError(FileNotFoundError):
-    """A weight or config file is missing; the message names it and the expected layout."""
 
 
 def normalize_version(version: str | float) -> str:

@@ -9,11 +9,15 @@ interchangeable. Weights are read with safetensors or `torch.load(weights_only=T
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel
+
+from musetalk.errors import CheckpointError, MissingWeightsError, UnsafeFileError
 
 #: MuseTalk's UNet (about 850 M parameters): 8 input channels = masked latent + reference latent,
 #: 4 output channels = the target latent, cross-attention on 384-d Whisper-tiny tokens.
@@ -86,20 +90,48 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"UNet weights not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        raise MissingWeightsError(f"UNet weights not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), expected UNet weights")
+    state = read_weights(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
+        raise CheckpointError(f"{path}: not a state dict of tensors")
     if any(k.startswith("unet.") for k in state):
         state = {k[len("unet.") :]: v for k, v in state.items() if k.startswith("unet.")}
     return state
+
+
+def read_weights(path: str | Path) -> Any:
+    """The content of a .safetensors file or a torch checkpoint, loaded without running code.
+
+    A torch file whose content needs more than tensors and plain containers (a pickled model or
+    object) is refused with UnsafeFileError; an unreadable one is a CheckpointError.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except SafetensorError as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f" (it holds {found.group(1)})" if found else ""
+        raise UnsafeFileError(
+            f"{path}: refused: reading it would need unpickling arbitrary Python objects{what}; "
+            "only safetensors files and weights-only torch checkpoints "
+            "(tensors in plain containers) are read. Re-save the weights as a state dict."
+        ) from None
+    except (EOFError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint (truncated or another format: {exc})"
+        ) from None
 
 
 def load_unet(
@@ -114,7 +146,7 @@ def load_unet(
     if not isinstance(config, dict):
         config_path = Path(config)
         if not config_path.is_file():
-            raise FileNotFoundError(
+            raise MissingWeightsError(
                 f"UNet config not found: {config_path} (expected musetalk.json next to the weights)"
             )
         config = json.loads(config_path.read_text())
@@ -136,7 +168,7 @@ def load_unet(
                 f"{len(wrong)} with wrong shapes (e.g. {k}: file {tuple(state[k].shape)} "
                 f"vs model {tuple(expected[k].shape)})"
             )
-        raise ValueError(f"{weights} does not match the UNet config: " + "; ".join(details))
+        raise CheckpointError(f"{weights} does not match the UNet config: " + "; ".join(details))
     unet.load_state_dict(state, strict=True)
     return unet
 

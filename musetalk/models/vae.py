@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from musetalk.errors import MissingWeightsError
+
 SCALING_FACTOR = 0.18215
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
 
@@ -33,11 +35,11 @@ def load_vae(source: str | Path = DEFAULT_VAE, subfolder: str | None = None) -> 
     path = Path(source)
     looks_local = path.exists() or str(source).startswith((".", "/", "~"))
     if looks_local and not (path / (subfolder or "") / "config.json").is_file():
-        raise FileNotFoundError(f"VAE not found: {path} needs config.json and weights")
+        raise MissingWeightsError(f"VAE not found: {path} needs config.json and weights")
     try:
         vae = AutoencoderKL.from_pretrained(str(source), subfolder=subfolder)
     except OSError as exc:
-        raise OSError(
+        raise MissingWeightsError(
             f"could not load the VAE {source!r}: {exc}. Offline, pass a local directory "
             "(e.g. MuseTalk's models/sd-vae) instead of an HF id"
         ) from exc

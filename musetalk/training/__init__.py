@@ -8,7 +8,6 @@ from musetalk.training.data import (
     log_mel,
     make_clips,
     mel_window,
-    resolve_shards,
     wav_audio_windows,
 )
 from musetalk.training.reference import pose_mouth_descriptors, select_references, v15_candidates
@@ -22,7 +21,6 @@ __all__ = [
     "make_clips",
     "mel_window",
     "pose_mouth_descriptors",
-    "resolve_shards",
     "select_references",
     "v15_candidates",
     "wav_audio_windows",

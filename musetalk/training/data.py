@@ -59,27 +59,26 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import os
 import random
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import cv2
-import fsspec
 import lightning as L
 import numpy as np
 import torch
 import webdataset as wds
+from pydantic import ConfigDict, Field, validate_call
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from musetalk.audio.windows import audio_windows, num_steps_for
-from musetalk.data.reader import decode_image, decode_sample, shard_urls
-from musetalk.data.schema import FPS, SAMPLE_RATE, UnsupportedShard, frame_member
+from musetalk.data.reader import decode_image, decode_sample, raw_samples, resolve_shards
+from musetalk.data.schema import FPS, SAMPLE_RATE, frame_member
+from musetalk.errors import ConfigError, ShardError
 from musetalk.face import region as R
+from musetalk.training.bad_data import BadDataLog
 from musetalk.training.reference import REFERENCE_RULES, select_references
 
 __all__ = [
@@ -93,7 +92,6 @@ __all__ = [
     "log_mel",
     "make_clips",
     "mel_window",
-    "resolve_shards",
     "wav_audio_windows",
 ]
 
@@ -114,55 +112,6 @@ MEL_MIN_LEVEL_DB = -100.0
 MEL_REF_LEVEL_DB = 20.0
 MEL_MAX_ABS = 4.0
 MEL_PER_FRAME = SAMPLE_RATE / MEL_HOP / FPS  # 3.2
-
-
-# --------------------------------------------------------------------------- shards
-
-
-def resolve_shards(source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
-    """Shard URLs from a directory (its *.tar, sorted), a brace pattern, a URL or a list of those.
-
-    Local directories and fsspec directory URLs (e.g. ``s3://bucket/shards``) are listed;
-    ``pipe:`` URLs and patterns are passed to webdataset as they are.
-    """
-    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-    urls: list[str] = []
-    for item in items:
-        for url in wds.shardlists.expand_urls(str(item)):
-            urls.extend(_list_shard_dir(url) or [url])
-    if not urls:
-        raise FileNotFoundError(f"no shards in {source!r}")
-    return urls
-
-
-def _list_shard_dir(url: str) -> list[str] | None:
-    if url.startswith("pipe:"):
-        return None
-    if Path(url).is_dir():
-        return shard_urls(url)
-    if "://" not in url:
-        return None
-    fs, path = fsspec.core.url_to_fs(url)
-    if not fs.isdir(path):
-        return None
-    tars = sorted(fs.glob(f"{path.rstrip('/')}/*.tar"))
-    if not tars:
-        raise FileNotFoundError(f"no .tar shards in {url}")
-    return [fs.unstrip_protocol(p) for p in tars]
-
-
-def _open_shards(src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """webdataset stage: dict(url) -> dict(url, stream); fsspec for URLs, gopen for pipe:."""
-    for item in src:
-        url = item["url"]
-        opened = wds.gopen(url, "rb") if url.startswith("pipe:") else fsspec.open(url, "rb").open()
-        with opened as stream:
-            yield {**item, "stream": stream}
-
-
-def _raw_samples(shards: IterableDataset) -> list[object]:
-    """webdataset stages: shard list -> raw samples (member suffix -> bytes, __key__, __url__)."""
-    return [shards, _open_shards, tar_file_expander, group_by_keys]
 
 
 # --------------------------------------------------------------------------- audio
@@ -374,7 +323,7 @@ def make_clips(
 ) -> list[dict[str, Any]]:
     """The clips of one raw webdataset sample (member suffix -> bytes), as numpy items.
 
-    Refuses unknown schema/region versions (UnsupportedShard). Returns [] for samples shorter
+    Refuses unknown schema/region versions (ShardError). Returns [] for samples shorter
     than `options.min_frames`. Item fields are those of the batch contract, with images as
     (F, S, S, 3) uint8 and ``audio_wav`` unpadded (`collate` converts and pads).
     """
@@ -390,11 +339,11 @@ def make_clips(
     sizes = np.asarray(meta["crop_size"], dtype=np.int64)
     norms = np.array([v for v in meta["equivalent_shift_norm"] if v is not None], dtype=np.float64)
     if options.audio == "cached" and sample.whisper is None:
-        raise UnsupportedShard(
+        raise ShardError(
             f"{where}: no cached Whisper features (<key>.whisper.npy); use audio_features='wav'"
         )
     if options.audio == "wav" and len(sample.audio) > WAV_SAMPLES:
-        raise UnsupportedShard(
+        raise ShardError(
             f"{where}: {len(sample.audio) / SAMPLE_RATE:.1f} s of audio does not fit the 30 s "
             "audio_wav; preprocess with audio.features=whisper or shorter samples"
         )
@@ -405,10 +354,10 @@ def make_clips(
         if i not in images:
             member = frame_member(i)
             if member not in raw:
-                raise UnsupportedShard(f"{where}: missing member {member}")
-            img = decode_image(raw[member])
+                raise ShardError(f"{where}: missing member {member}")
+            img = decode_image(raw[member], f"{where}.{member}")
             if (img.shape[1], img.shape[0]) != tuple(sizes[i]):
-                raise UnsupportedShard(f"{where}: {member} is not crop_size {sizes[i].tolist()}")
+                raise ShardError(f"{where}: {member} is not crop_size {sizes[i].tolist()}")
             images[i] = img
         return images[i]
 
@@ -484,11 +433,11 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _train_clips(
-    src: Iterable[dict[str, Any]], options: ClipOptions, rng: np.random.Generator
+    src: Iterable[dict[str, Any]], options: ClipOptions, rng: np.random.Generator, bad: BadDataLog
 ) -> Iterator[dict[str, Any]]:
     skipped = 0
     for raw in src:
-        clips = make_clips(raw, rng, options)
+        clips = _checked_clips(raw, rng, options, bad)
         skipped = 0 if clips else skipped + 1
         if skipped >= MAX_SKIPPED:
             raise ValueError(
@@ -499,11 +448,24 @@ def _train_clips(
 
 
 def _val_clips(
-    src: Iterable[dict[str, Any]], options: ClipOptions, seed: int
+    src: Iterable[dict[str, Any]], options: ClipOptions, seed: int, bad: BadDataLog
 ) -> Iterator[dict[str, Any]]:
     for raw in src:
         rng = np.random.default_rng([seed, zlib.crc32(raw["__key__"].encode())])
-        yield from make_clips(raw, rng, options)
+        yield from _checked_clips(raw, rng, options, bad)
+
+
+def _checked_clips(
+    raw: dict[str, Any], rng: np.random.Generator, options: ClipOptions, bad: BadDataLog
+) -> list[dict[str, Any]]:
+    """`make_clips`, with a damaged sample skipped (recorded) or raised as `bad` says."""
+    try:
+        clips = make_clips(raw, rng, options)
+    except ShardError as exc:
+        bad.sample_error(exc, raw.get("__url__", "?"), raw.get("__key__", "?"))
+        return []
+    bad.sample_ok()
+    return clips
 
 
 # --------------------------------------------------------------------------- datasets
@@ -531,9 +493,11 @@ class ShardClips(IterableDataset):
         shuffle_buffer: int = 0,
         rank: int = 0,
         seed: int = 0,
+        bad: BadDataLog | None = None,
     ) -> None:
         super().__init__()
         self.urls = list(urls)
+        self.bad = bad if bad is not None else BadDataLog(num_shards=len(self.urls), rank=rank)
         self.options = options
         self.batch_size = batch_size
         self.num_batches = num_batches
@@ -571,9 +535,12 @@ class ShardClips(IterableDataset):
             self.urls, seed=int(shard_seed), worker_seed=_no_worker_seed, deterministic=True
         )
         stages = [
-            *_raw_samples(shards),
+            *raw_samples(shards, handler=self.bad.shard_error),
             functools.partial(
-                _train_clips, options=self.options, rng=np.random.default_rng(clip_seed)
+                _train_clips,
+                options=self.options,
+                rng=np.random.default_rng(clip_seed),
+                bad=self.bad,
             ),
         ]
         if self.shuffle_buffer > 1:
@@ -585,8 +552,8 @@ class ShardClips(IterableDataset):
 
     def _validation_pass(self) -> wds.DataPipeline:
         return wds.DataPipeline(
-            *_raw_samples(wds.SimpleShardList(self.urls)),
-            functools.partial(_val_clips, options=self.options, seed=self.seed),
+            *raw_samples(wds.SimpleShardList(self.urls), handler=self.bad.shard_error),
+            functools.partial(_val_clips, options=self.options, seed=self.seed, bad=self.bad),
             wds.batched(self.batch_size, collation_fn=collate, partial=True),
         )
 
@@ -649,6 +616,9 @@ class TalkingFaceDataModule(L.LightningDataModule):
     val_shards: validation shards (same forms as `shards`); else val_fraction > 0 holds out the
         last ceil(val_fraction * n) training shards; else no validation.
     val_batch_size: defaults to batch_size. seed: base seed of all draws.
+    on_bad_shard: "skip" (default: damaged shards and samples are skipped, recorded in
+        `errors_dir` and counted at the end) or "raise" (the first one stops training, named);
+        see `musetalk.training.bad_data`.
 
     Resume: `state_dict()` is {"epoch", "batches"}: the training epoch in progress and the
     batches of it already trained on (the Trainer's count while fitting, else the ones the last
@@ -656,39 +626,35 @@ class TalkingFaceDataModule(L.LightningDataModule):
     building the loaders, and `train_loader` then continues with the next unseen batch.
     """
 
+    @validate_call(config=ConfigDict(arbitrary_types_allowed=True))
     def __init__(
         self,
         shards: str | Sequence[str],
-        batch_size: int = 32,
-        frames_per_sample: int = 1,
-        crop_size: int = 256,
-        num_workers: int = 4,
-        shuffle_buffer: int = 64,
-        batches_per_epoch: int = 1000,
-        clips_per_sample: int = 8,
-        reference: str = "v15",
-        min_reference_gap: int = 5,
-        reference_fraction: float = 0.51,
-        bottom_margin: Mapping[str, float] | None = None,
-        shift_augment: float | bool = False,
-        mouth_margin: float = 0.1,
+        batch_size: Annotated[int, Field(ge=1)] = 32,
+        frames_per_sample: Annotated[int, Field(ge=1)] = 1,
+        crop_size: Annotated[int, Field(ge=8)] = 256,
+        num_workers: Annotated[int, Field(ge=0)] = 4,
+        shuffle_buffer: Annotated[int, Field(ge=0)] = 64,
+        batches_per_epoch: Annotated[int, Field(ge=1)] = 1000,
+        clips_per_sample: Annotated[int, Field(ge=1)] = 8,
+        reference: Literal["v15", "random"] = "v15",
+        min_reference_gap: Annotated[int, Field(ge=1)] = 5,
+        reference_fraction: Annotated[float, Field(gt=0, le=1)] = 0.51,
+        bottom_margin: Mapping[str, Annotated[float, Field(ge=0)]] | None = None,
+        shift_augment: bool | Annotated[float, Field(ge=0, le=1)] = False,
+        mouth_margin: Annotated[float, Field(ge=0)] = 0.1,
         sync_mel: bool = False,
-        audio_features: str = "auto",
+        audio_features: Literal["auto", "cached", "wav"] = "auto",
         val_shards: str | Sequence[str] | None = None,
-        val_fraction: float = 0.0,
-        val_batch_size: int | None = None,
+        val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0,
+        val_batch_size: Annotated[int, Field(ge=1)] | None = None,
         seed: int = 0,
+        on_bad_shard: Literal["skip", "raise"] = "skip",
+        errors_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or batches_per_epoch < 1 or num_workers < 0:
-            raise ValueError(
-                "need batch_size >= 1, batches_per_epoch >= 1, num_workers >= 0, got "
-                f"{batch_size}, {batches_per_epoch}, {num_workers}"
-            )
-        if audio_features not in AUDIO_MODES:
-            raise ValueError(f"audio_features must be one of {AUDIO_MODES}, got {audio_features!r}")
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if isinstance(shards, str) and not shards.strip() or not shards:
+            raise ConfigError("data.shards: empty; give a preprocess output dir, pattern or list")
         self.shards = shards
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -699,6 +665,8 @@ class TalkingFaceDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.val_batch_size = val_batch_size or batch_size
         self.seed = seed
+        self.on_bad_shard = on_bad_shard
+        self.errors_dir = errors_dir
         self.options = ClipOptions(
             frames=frames_per_sample,
             crop_size=crop_size,
@@ -730,11 +698,42 @@ class TalkingFaceDataModule(L.LightningDataModule):
                     f"val_fraction {self.val_fraction} of {len(urls)} shards leaves none to train"
                 )
             urls, self.val_urls = urls[:-held], urls[-held:]
+        first = self._first_sample(urls)
         audio = self.audio_features
         if audio == "auto":
-            audio = "cached" if "whisper.npy" in _first_sample(urls[0]) else "wav"
+            audio = "cached" if "whisper.npy" in first else "wav"
         self.options = replace(self.options, audio=audio)
         self.train_urls = urls
+
+    def bad_data_log(self, num_shards: int, rank: int = 0) -> BadDataLog:
+        """How the streams treat damaged shards and samples (`on_bad_shard`, `errors_dir`)."""
+        return BadDataLog(self.on_bad_shard, self.errors_dir, num_shards, rank)
+
+    def _first_sample(self, urls: list[str]) -> dict[str, Any]:
+        """The first readable raw sample of the shards (checked with decode_sample); damaged
+        shards before it are skipped (recorded) or raised, as `on_bad_shard` says."""
+        bad = self.bad_data_log(len(urls))
+        for raw in wds.DataPipeline(*raw_samples(wds.SimpleShardList(urls), bad.shard_error)):
+            try:
+                decode_sample(raw, images=False)
+            except ShardError as exc:
+                bad.sample_error(exc, raw.get("__url__", "?"), raw["__key__"])
+                continue
+            return raw
+        raise ShardError(
+            f"none of the {len(urls)} shard(s) of data.shards holds a readable sample "
+            f"(last problem: {bad.last})"
+        )
+
+    def teardown(self, stage: str) -> None:
+        """Merge the records of skipped shards/samples and say how many there were."""
+        summary = self.bad_data_log(0).summarise()
+        trainer = self.trainer
+        if summary is not None and (trainer is None or trainer.is_global_zero):
+            print(
+                f"training data: skipped {len(summary['shards_skipped'])} damaged shard(s) and "
+                f"{summary['samples_skipped']} damaged sample(s); details in {self.errors_dir}"
+            )
 
     def train_dataset(self, rank: int = 0) -> ShardClips:
         """The training stream of DDP rank `rank` (`batches_per_epoch` batches per epoch)."""
@@ -747,6 +746,7 @@ class TalkingFaceDataModule(L.LightningDataModule):
             shuffle_buffer=self.shuffle_buffer,
             rank=rank,
             seed=self.seed,
+            bad=self.bad_data_log(len(self.train_urls), rank),
         )
         dataset.epoch, dataset.skip = self._start
         return dataset
@@ -791,7 +791,13 @@ class TalkingFaceDataModule(L.LightningDataModule):
         self.setup()
         if not self.val_urls:
             return []
-        dataset = ShardClips(self.val_urls, self.options, self.val_batch_size, seed=self.seed)
+        dataset = ShardClips(
+            self.val_urls,
+            self.options,
+            self.val_batch_size,
+            seed=self.seed,
+            bad=self.bad_data_log(len(self.val_urls)),
+        )
         return DataLoader(dataset, batch_size=None, num_workers=0)
 
 
@@ -810,11 +816,3 @@ def _margin_tuple(margin: Mapping[str, float] | None) -> tuple[float, float, flo
     if not isinstance(margin, Mapping) or set(margin) != keys:
         raise ValueError(f"bottom_margin must be null or a mapping with keys {sorted(keys)}")
     return float(margin["mean"]), float(margin["std"]), float(margin["max"])
-
-
-def _first_sample(url: str) -> dict[str, Any]:
-    """The first raw sample of a shard, checked with decode_sample (versions, members)."""
-    for raw in wds.DataPipeline(*_raw_samples(wds.SimpleShardList([url]))):
-        decode_sample(raw, images=False)
-        return raw
-    raise FileNotFoundError(f"shard {url} has no samples")

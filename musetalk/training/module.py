@@ -18,14 +18,15 @@ directly, which Lightning does not count.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import nullcontext
-from typing import Any
+from typing import Annotated, Any
 
 import lightning as L
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from lightning.pytorch.strategies import ParallelStrategy
+from pydantic import ConfigDict, Field, validate_call
 from torch import nn
 
 from musetalk.audio.whisper import WhisperEncoder
@@ -35,6 +36,8 @@ from musetalk.models import decode, encode, load_unet, mask_lower_half, unet_inp
 from musetalk.training.data import wav_audio_windows
 
 __all__ = ["MuseTalkModule"]
+
+Beta = Annotated[float, Field(ge=0, lt=1)]  # an Adam beta
 
 
 class MuseTalkModule(L.LightningModule):
@@ -56,6 +59,7 @@ class MuseTalkModule(L.LightningModule):
         norm clipping (None = off).
     """
 
+    @validate_call(config=ConfigDict(arbitrary_types_allowed=True))
     def __init__(
         self,
         unet: UNet2DConditionModel,
@@ -65,21 +69,16 @@ class MuseTalkModule(L.LightningModule):
         init_unet: str | None = None,
         audio_positional_encoding: bool = True,
         gradient_checkpointing: bool = False,
-        lr: float = 2e-5,
-        betas: Sequence[float] = (0.5, 0.999),
-        weight_decay: float = 1e-2,
-        eps: float = 1e-8,
-        warmup_steps: int = 1000,
-        discriminator_lr: float = 5e-6,
-        accumulate_grad_batches: int = 1,
-        max_grad_norm: float | None = 1.0,
+        lr: Annotated[float, Field(gt=0)] = 2e-5,
+        betas: tuple[Beta, Beta] = (0.5, 0.999),
+        weight_decay: Annotated[float, Field(ge=0)] = 1e-2,
+        eps: Annotated[float, Field(gt=0)] = 1e-8,
+        warmup_steps: Annotated[int, Field(ge=0)] = 1000,
+        discriminator_lr: Annotated[float, Field(gt=0)] = 5e-6,
+        accumulate_grad_batches: Annotated[int, Field(ge=1)] = 1,
+        max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0,
     ) -> None:
         super().__init__()
-        if accumulate_grad_batches < 1 or warmup_steps < 0 or lr <= 0:
-            raise ValueError(
-                "need accumulate_grad_batches >= 1, warmup_steps >= 0, lr > 0, got "
-                f"{accumulate_grad_batches}, {warmup_steps}, {lr}"
-            )
         self.automatic_optimization = False
         if init_unet:  # the same architecture, with the file's weights (strict)
             unet = load_unet(init_unet, dict(unet.config))

@@ -1,13 +1,17 @@
 """Running a training job from built objects (the entry point `train.py` builds them from Hydra).
 
-`prepare_run` seeds everything and writes the resolved config into the run dir (call it before
-building the networks, so that random initialisations are seeded); `fit` runs the Lightning
-Trainer and reports where the results are.
+`seed_run` seeds everything (call it before building the networks, so that random
+initialisations are seeded); `check_checkpoint` refuses a checkpoint that cannot be resumed from
+before anything is built; `write_config` records the resolved config of each launch in the run
+dir (a resumed run adds `config.1.json`, ... beside the first launch's `config.json`); `fit` runs
+the Lightning Trainer and reports where the results are.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +21,17 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
+from musetalk.errors import CheckpointError, UnsafeFileError
 from musetalk.training.callbacks import ExportUNet
 
-__all__ = ["CONFIG_FILE", "TrainResult", "fit", "prepare_run"]
+__all__ = [
+    "CONFIG_FILE",
+    "TrainResult",
+    "check_checkpoint",
+    "fit",
+    "seed_run",
+    "write_config",
+]
 
 CONFIG_FILE = "config.json"
 
@@ -40,21 +52,48 @@ class TrainResult:
     metrics: dict[str, float]
 
 
-def prepare_run(config: Mapping[str, Any], run_dir: str | Path, seed: int) -> Path:
-    """Seed python, numpy and torch (and dataloader workers) with `seed`, create `run_dir` and
-    write the resolved `config` to `run_dir/config.json` (on global rank 0)."""
+def seed_run(seed: int) -> None:
+    """Seed python, numpy and torch (and dataloader workers) with `seed`."""
     L.seed_everything(seed, workers=True, verbose=False)
-    run_dir = Path(run_dir)
-    _write_config(config, run_dir)
-    return run_dir
 
 
 @rank_zero_only
-def _write_config(config: Mapping[str, Any], run_dir: Path) -> None:
+def write_config(config: Mapping[str, Any], run_dir: str | Path) -> Path:
+    """Write the resolved `config` into `run_dir` (on global rank 0): `config.json` for the
+    first launch, `config.1.json`, `config.2.json`, ... for later ones (resumes); nothing
+    earlier is overwritten."""
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{CONFIG_FILE}.tmp"
+    path, n = run_dir / CONFIG_FILE, 0
+    while path.exists():
+        n += 1
+        path = run_dir / f"config.{n}.json"
+    tmp = run_dir / f".{path.name}.tmp"
     tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(run_dir / CONFIG_FILE)
+    tmp.replace(path)
+    return path
+
+
+def check_checkpoint(ckpt_path: str | None) -> None:
+    """Refuse, before anything is built, a checkpoint to resume from that is missing, empty,
+    truncated or not a torch checkpoint (CheckpointError naming the file)."""
+    if ckpt_path is None:
+        return
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={ckpt_path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"ckpt_path={ckpt_path}: empty file (0 bytes)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: not a readable torch checkpoint (truncated or another "
+            f"format: {exc}); use <run dir>/checkpoints/last.ckpt of an earlier run"
+        ) from None
+    if not any(n.endswith("/data.pkl") for n in names):
+        raise CheckpointError(f"ckpt_path={ckpt_path}: a zip file, but not a torch checkpoint")
 
 
 def fit(
@@ -65,9 +104,14 @@ def fit(
 ) -> TrainResult:
     """`trainer.fit`, resuming exactly from `ckpt_path` (a Lightning checkpoint: weights,
     optimizer and scheduler states, step and epoch) when given."""
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path: checkpoint not found: {ckpt_path}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    check_checkpoint(ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UnsafeFileError(
+            f"ckpt_path={ckpt_path}: refused: reading it would need unpickling arbitrary Python "
+            "objects; only checkpoints of tensors and plain values are resumed from"
+        ) from None
     last = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     export = next((c for c in trainer.callbacks if isinstance(c, ExportUNet)), None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

@@ -26,10 +26,11 @@ import importlib.util
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import cv2
 import numpy as np
+from pydantic import Field, validate_call
 
 from musetalk.face.analyzer import NUM_LANDMARKS, Face, FaceAnalyzer, box_iou, check_frame
 
@@ -78,26 +79,21 @@ class DlibAnalyzer(FaceAnalyzer):
 
     name = "dlib"
 
+    @validate_call
     def __init__(
         self,
-        detect_size: int | None = 960,
-        upsample: int = 0,
+        detect_size: Annotated[int, Field(ge=80)] | None = 960,  # dlib's window is 80 px
+        upsample: Annotated[int, Field(ge=0, le=4)] = 0,
         angles: Sequence[float] = (),
-        retry_upsample: int | None = 1,
+        retry_upsample: Annotated[int, Field(ge=0, le=4)] | None = 1,
         retry_angles: Sequence[float] = (-30.0, 30.0),
         threshold: float = -0.4,
-        roll_refit: float | None = 30.0,
+        roll_refit: Annotated[float, Field(gt=0)] | None = 30.0,
         gray: bool = True,
         predictor_path: str | Path | None = None,
     ) -> None:
         import dlib
 
-        if detect_size is not None and detect_size < 80:
-            raise ValueError(
-                f"detect_size must be >= 80 px (dlib's window) or None, got {detect_size}"
-            )
-        if upsample < 0 or (retry_upsample is not None and retry_upsample < 0):
-            raise ValueError(f"upsample counts must be >= 0, got {upsample}, {retry_upsample}")
         path = Path(predictor_path) if predictor_path is not None else default_predictor_path()
         if not path.is_file():
             raise FileNotFoundError(f"dlib shape predictor file not found: {path}")

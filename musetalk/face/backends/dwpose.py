@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from musetalk.config import Device
 from musetalk.face.analyzer import NUM_LANDMARKS, FaceAnalyzer, build_analyzer, check_frame
 from musetalk.face.backends.weights import fetch_weights, sha256_file
 
@@ -147,9 +148,9 @@ class DWPoseAnalyzer(FaceAnalyzer):
         *,
         detector: str | FaceAnalyzer = "dlib",
         detector_options: dict[str, Any] | None = None,
-        pose_box: str = "face",
+        pose_box: Literal["face", "frame"] = "face",
         face_box_expand: Sequence[float] = DEFAULT_FACE_BOX_EXPAND,
-        device: str = "cpu",
+        device: Device = "cpu",
         download: bool = True,
     ) -> None:
         if pose_box not in POSE_BOX_MODES:

@@ -1,0 +1,156 @@
+"""One preprocessing shard task: its sources -> tar parts + the shard's stats json.
+
+Runs in a local worker process, a Ray worker, or inline. Parts are written under temp names of
+the output; when every source is done the stats json is written under a temp name first (it
+names the parts, so an interrupted task's files are provably ours), then the parts are renamed
+into place, then the json (the shard's done-marker). Bad sources are recorded with a reason and
+never stop the shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from musetalk.data.output import Output, shard_name
+from musetalk.data.samples import SourceProcessor, SourceReport
+from musetalk.data.schema import REGION_VERSION, SCHEMA_VERSION
+from musetalk.data.sources import Source
+from musetalk.data.stats import RegionStats
+from musetalk.data.writer import ShardWriter
+from musetalk.errors import MediaError
+
+if TYPE_CHECKING:
+    from musetalk.data.preprocess import PreprocessConfig
+
+__all__ = ["run_shard"]
+
+_WORKER_CACHE: dict[str, Any] = {}
+
+
+def _worker_tools(config: PreprocessConfig):
+    """Tracker, face info and feature extractor, built once per worker process."""
+    key = json.dumps([config.face, str(config.tracking), str(config.audio)])
+    if key not in _WORKER_CACHE:
+        import cv2
+
+        from musetalk.face import build_analyzer
+        from musetalk.face.tracking import FaceTracker
+
+        cv2.setNumThreads(1)
+        options = {k: v for k, v in config.face.items() if k != "backend"}
+        analyzer = build_analyzer(config.face["backend"], **options)
+        tracker = FaceTracker(analyzer, config.tracking)
+        face_info = {
+            "backend": analyzer.name,
+            "version": analyzer.version,
+            "settings": analyzer.settings,
+            "tracking": tracker.settings,
+        }
+        features = features_info = None
+        if config.audio.features == "whisper":
+            from musetalk.audio.whisper import WhisperEncoder
+
+            encoder = WhisperEncoder(config.audio.model, device=config.device)
+            features = encoder.encode
+            features_info = {
+                "kind": "whisper",
+                "model": config.audio.model,
+                "shape": ["T50", encoder.num_hidden_states, encoder.hidden_size],
+                "dtype": "float16",
+            }
+        _WORKER_CACHE.clear()
+        _WORKER_CACHE[key] = (tracker, face_info, features, features_info)
+    return _WORKER_CACHE[key]
+
+
+def run_shard(
+    index: int,
+    sources: list[Source],
+    config: PreprocessConfig,
+    output_id: str,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
+    """Process one shard's sources into tar parts, then publish them and its stats json."""
+    started = time.time()
+    out = Output(config.output, output_id)
+    name = shard_name(index)
+    tracker, face_info, features, features_info = _worker_tools(config)
+    parts: list[tuple[str, str]] = []  # (temp name, final name)
+    writer: ShardWriter | None = None
+    region = RegionStats()
+    reports = []
+    total_bytes = 0
+
+    def frame_progress(n: int) -> None:
+        if progress is not None:
+            progress("frames", n)
+
+    def close_part() -> None:
+        nonlocal writer, total_bytes
+        parts.append((writer.close(), writer.name))
+        total_bytes += writer.bytes
+        writer = None
+
+    try:
+        for source in sources:
+            t0 = time.time()
+            processor = SourceProcessor(
+                source, tracker, config.sample, face_info, features, frame_progress, features_info
+            )
+            try:
+                for sample in processor.samples():
+                    if writer is None:
+                        writer = ShardWriter(out, f"{name}-{len(parts):03d}.tar")
+                    with processor.report.stage_seconds("write"):
+                        writer.write(sample.key, sample.members)
+                    region.add_sample(sample.meta)
+                    if writer.samples >= config.samples_per_shard:
+                        close_part()
+            except MediaError as exc:
+                _record_error(processor.report, exc.reason, str(exc))
+            except Exception as exc:  # a bug or an unexpected file: recorded, never fatal
+                _record_error(processor.report, f"error_{type(exc).__name__}", str(exc))
+            processor.report.seconds = round(time.time() - t0, 3)
+            reports.append(processor.report)
+            if progress is not None:
+                progress("sources", 1)
+        if writer is not None:
+            close_part()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        for tmp, _ in parts:
+            out.fs.rm(out.path(tmp))
+        raise
+    stats = {
+        "shard": index,
+        "tars": [final for _, final in parts],
+        "samples": sum(len(r.samples) for r in reports),
+        "bytes": total_bytes,
+        "sources": [r.to_json() for r in reports],
+        "region": region.to_json(),
+        "seconds": round(time.time() - started, 3),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "config_fingerprint": config.fingerprint(),
+        "schema_version": SCHEMA_VERSION,
+        "region_version": REGION_VERSION,
+        "output_id": output_id,
+    }
+    listing = out.write_temp(
+        f"{name}.json", (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode()
+    )
+    for tmp, final in parts:
+        out.publish(tmp, final)
+    out.publish(listing, f"{name}.json")
+    return stats
+
+
+def _record_error(report: SourceReport, reason: str, detail: str) -> None:
+    report.status = "partial" if report.samples else "skipped"
+    report.reason = reason
+    report.detail = detail
