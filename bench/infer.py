@@ -37,9 +37,9 @@ import torch
 
 from musetalk.audio import load_audio
 from musetalk.audio.whisper import TINY_WHISPER
+from musetalk.inference.pipeline import MuseTalkPipeline
 from musetalk.inference.run import InferenceConfig, infer
 from musetalk.models import MUSETALK_UNET
-from musetalk.pipeline import MuseTalkPipeline
 from musetalk.video import VideoWriter
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,36 +13,24 @@ during preprocessing; this module works on the per-frame values.)
 
 from __future__ import annotations
 
-import json
 import os
-import tarfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from musetalk.data.schema import (
-    KNOWN_REGION_VERSIONS,
-    KNOWN_SCHEMA_VERSIONS,
-    ShardError,
-    check_meta,
-)
+from musetalk.data.reader import iter_metas
 from musetalk.data.stats import QUANTILES
-from musetalk.face import region as R
+from musetalk.data.summary import load_stats, median_shift_norm
+from musetalk.face import region
+from musetalk.inference.shift import ShiftRecommendation
+from musetalk.inference.shift import recommend_bbox_shift as _recommend
 
 #: Share of training frames whose mask upper bound was nearest landmark 28 / 29 / 30, as
 #: published by MuseTalk (assets/BBOX_SHIFT.md; S3FD detector boxes).
 MUSETALK_NOSE_LANDMARK_SHARES: dict[int, float] = {28: 0.15, 29: 0.63, 30: 0.22}
-
-#: Why a shift learnt from one dataset may not suit another model (part of every reason text).
-DETECTOR_CAVEAT = (
-    "The statistic depends on the face detector used in preprocessing (where its box top "
-    "sits): it matches models trained on shards made with the same face backend; for "
-    "MuseTalk's released weights (S3FD boxes, boundary mostly nearest landmark 29) the "
-    "matching value is about 0."
-)
 
 #: Environment variable the notebook reads the dataset directory from.
 SHARDS_ENV = "MUSETALK_SHARDS"
@@ -70,47 +58,12 @@ def shards_dir_from_env(name: str = SHARDS_ENV) -> Path:
     return path
 
 
-def _check_versions(obj: Mapping[str, Any], where: str) -> None:
-    schema, region = obj.get("schema_version"), obj.get("region_version")
-    if schema not in KNOWN_SCHEMA_VERSIONS:
-        raise ShardError(
-            f"{where}: schema_version {schema!r} is not supported by this reader "
-            f"(known: {sorted(KNOWN_SCHEMA_VERSIONS)})"
-        )
-    if region not in KNOWN_REGION_VERSIONS:
-        raise ShardError(
-            f"{where}: region_version {region!r} is not supported by this reader "
-            f"(known: {sorted(KNOWN_REGION_VERSIONS)})"
-        )
-
-
-def load_summary(dataset_dir: str | Path) -> dict[str, Any]:
-    """The dataset summary `stats.json` of a preprocess output, with its versions checked."""
-    path = Path(dataset_dir) / "stats.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no stats.json in {dataset_dir}: not a finished preprocess output "
-            "(run preprocess/run.py input=... output=... first)"
-        )
-    summary = json.loads(path.read_text())
-    _check_versions(summary, str(path))
-    return summary
-
-
 def iter_sample_meta(dataset_dir: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(tar name, checked sample json) for every sample of the dataset, in shard order.
-
-    Only `<key>.json` members are read; the tar headers of the other members are skipped
-    without reading their payloads.
-    """
+    """(tar name, checked sample json) for every sample of a finished preprocess output, in
+    shard order; only the json members are read (`musetalk.data.reader.iter_metas`)."""
     root = Path(dataset_dir)
-    for tar_name in load_summary(root)["tars"]:
-        with tarfile.open(root / tar_name) as tar:
-            for member in tar:
-                if not member.isfile() or member.name.split(".", 1)[-1] != "json":
-                    continue
-                meta = json.loads(tar.extractfile(member).read())
-                yield tar_name, check_meta(meta, where=f"{tar_name}:{member.name}")
+    for url, meta in iter_metas([str(root / t) for t in load_stats(root)["tars"]]):
+        yield Path(url).name, meta
 
 
 def _sample_columns(tar_name: str, meta: dict[str, Any], landmarks: bool) -> dict[str, Any]:
@@ -190,16 +143,18 @@ def nose_landmark_shares(
     (of the group's frames, sums to 1) and musetalk_share (MuseTalk's published shares).
     """
     values = frames["nearest_nose_landmark"]
-    unknown = sorted(set(values.unique().tolist()) - set(R.NOSE_LANDMARKS))
+    unknown = sorted(set(values.unique().tolist()) - set(region.NOSE_LANDMARKS))
     if unknown:
-        raise ValueError(f"nearest_nose_landmark must be one of {R.NOSE_LANDMARKS}, got {unknown}")
+        raise ValueError(
+            f"nearest_nose_landmark must be one of {region.NOSE_LANDMARKS}, got {unknown}"
+        )
     keys = _group_keys(by)
     if keys:
         counts = (
             frames.groupby(keys)["nearest_nose_landmark"]
             .value_counts()
             .unstack(fill_value=0)
-            .reindex(columns=list(R.NOSE_LANDMARKS), fill_value=0)
+            .reindex(columns=list(region.NOSE_LANDMARKS), fill_value=0)
         )
         counts.columns.name = "landmark"
         table = (
@@ -209,7 +164,7 @@ def nose_landmark_shares(
         )
         table["share"] = table["count"] / table.groupby(level=keys)["count"].transform("sum")
     else:
-        counts = values.value_counts().reindex(list(R.NOSE_LANDMARKS), fill_value=0)
+        counts = values.value_counts().reindex(list(region.NOSE_LANDMARKS), fill_value=0)
         table = pd.DataFrame({"count": counts, "share": counts / counts.sum()})
         table.index.name = "landmark"
     landmark = table.index.get_level_values("landmark")
@@ -250,7 +205,7 @@ def per_source_ranges(frames: pd.DataFrame, by: str = "source_id") -> pd.DataFra
         )
     rows = []
     for name, group in frames.groupby(by, sort=True):
-        lo, hi = R.shift_range(group["landmarks"])
+        lo, hi = region.shift_range(group["landmarks"])
         median = float(group["equivalent_shift"].median())
         rows.append(
             {
@@ -258,7 +213,7 @@ def per_source_ranges(frames: pd.DataFrame, by: str = "source_id") -> pd.DataFra
                 "frames": len(group),
                 "lo": lo,
                 "hi": hi,
-                "range_text": R.format_shift_range(len(group), (lo, hi), 0),
+                "range_text": region.format_shift_range(len(group), (lo, hi), 0),
                 "median_shift": median,
                 "median_shift_norm": float(group["equivalent_shift_norm"].median()),
                 "median_nose_length": float(group["nose_length"].median()),
@@ -277,13 +232,7 @@ def training_shift_norm(stats: pd.DataFrame | Mapping[str, Any] | float) -> floa
     if isinstance(stats, pd.DataFrame):
         value = stats["equivalent_shift_norm"].median()
     elif isinstance(stats, Mapping):
-        quantiles = stats.get("equivalent_shift_norm")
-        if not isinstance(quantiles, Mapping) or "q50" not in quantiles:
-            raise ValueError(
-                "a stats.json summary needs equivalent_shift_norm.q50, got "
-                f"{stats.get('equivalent_shift_norm')!r}"
-            )
-        value = quantiles["q50"]
+        value = median_shift_norm(stats)
     else:
         value = stats
     value = float(value)
@@ -292,51 +241,15 @@ def training_shift_norm(stats: pd.DataFrame | Mapping[str, Any] | float) -> floa
     return value
 
 
-class ShiftRecommendation(NamedTuple):
-    """`bbox_shift=auto`: the integer shift (px of the inference video) and why."""
-
-    shift: int
-    reason: str
-
-
 def recommend_bbox_shift(
     stats: pd.DataFrame | Mapping[str, Any] | float,
     landmarks: Iterable[object | None],
 ) -> ShiftRecommendation:
-    """The bbox_shift that puts the inference mask boundary where the training data had it.
-
-    recommended px = (training median equivalent shift in nose lengths, `training_shift_norm`)
-    x (median nose length lm30.y - lm27.y of the inference video), rounded to whole pixels and
-    clipped to the video's adjustable range as printed (`region.shift_range`, bounds truncated
-    towards zero). landmarks: the inference video's per-frame (68, 2) arrays, None for frames
-    without a face. Pure: no I/O.
+    """`bbox_shift=auto` for a video (`musetalk.inference.shift.recommend_bbox_shift`, the rule
+    `infer.py` applies) from a frames table, a stats.json summary or the median itself.
+    landmarks: the inference video's per-frame (68, 2) arrays, None for frames without a face.
     """
-    norm = training_shift_norm(stats)
-    with_face = [R.as_landmarks(lm) for lm in landmarks if lm is not None]
-    lo, hi = R.shift_range(with_face)
-    lengths = np.array([R.nose_length(lm) for lm in with_face])
-    lengths = lengths[np.isfinite(lengths) & (lengths > 0)]
-    if not len(lengths):
-        raise ValueError("no frame of the inference video has a positive nose length")
-    nose = float(np.median(lengths))
-    wanted = norm * nose
-    lo_i, hi_i = int(lo), int(hi)
-    shift = min(max(round(wanted), lo_i), hi_i)
-    if shift == round(wanted):
-        fit = f"inside this video's adjustable range [{lo_i} ~ {hi_i}] px"
-    else:
-        side = "landmark 30 end" if shift == hi_i else "landmark 28 end"
-        fit = (
-            f"outside this video's adjustable range [{lo_i} ~ {hi_i}] px, so it is clipped to "
-            f"the {side}"
-        )
-    reason = (
-        f"bbox_shift=auto -> {shift:+d} px. The training boxes put the mask boundary a median "
-        f"{norm:+.3f} nose lengths from landmark 29 (+ = below){_origin(stats)}. This video's "
-        f"median nose length (lm30.y - lm27.y) is {nose:.1f} px, so the same boundary is "
-        f"{wanted:+.1f} px from landmark 29, {fit}. {DETECTOR_CAVEAT}"
-    )
-    return ShiftRecommendation(shift, reason)
+    return _recommend(training_shift_norm(stats), landmarks, origin=_origin(stats))
 
 
 def _origin(stats: pd.DataFrame | Mapping[str, Any] | float) -> str:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data in ../shared/data (read in place, never copied into the repo)."""
+"""Shared fixtures: the real data in ../shared/data (read in place, never copied into the repo),
+and the shards the real preprocessing makes of it, built once per test session."""
 
 from __future__ import annotations
 
@@ -24,9 +25,6 @@ def shared_data() -> Path:
 def both_videos_shards(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Shards of both real videos (yongen paired with its wav via a csv list), 100-frame
     samples, made once per test session by the real preprocessing."""
-    from musetalk.data.preprocess import PreprocessConfig, preprocess
-    from musetalk.data.samples import SampleOptions
-
     root = tmp_path_factory.mktemp("both_videos")
     listing = root / "sources.csv"
     listing.write_text(
@@ -35,12 +33,48 @@ def both_videos_shards(shared_data: Path, tmp_path_factory: pytest.TempPathFacto
         f"{shared_data / 'yongen_video_only.mp4'},{shared_data / 'yongen.wav'}\n"
     )
     output = root / "shards"
-    config = PreprocessConfig(
-        input=str(listing),
-        output=str(output),
-        workers=1,
-        progress=False,
-        sample=SampleOptions(max_frames=100),
-    )
-    preprocess(config)
+    preprocess_once(listing, output, max_frames=100)
     return output
+
+
+def preprocess_once(input_path: Path, output: Path, max_frames: int, **settings) -> Path:
+    """The real preprocessing with one worker and no progress output."""
+    from musetalk.config import parse
+    from musetalk.data.preprocess import PreprocessConfig, preprocess
+
+    values = {
+        "input": str(input_path),
+        "output": str(output),
+        "workers": 1,
+        "progress": False,
+        "sample": {"max_frames": max_frames},
+        **settings,
+    }
+    preprocess(parse(PreprocessConfig, values))
+    return output
+
+
+@pytest.fixture(scope="session")
+def demo_shards(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo video (250 frames) as one shard of 5 samples of 50 frames."""
+    out = tmp_path_factory.mktemp("demo_shards")
+    return preprocess_once(shared_data / "talking_demo1.mp4", out, max_frames=50)
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random WhisperModel saved in the HF layout (d 64, 2 layers)."""
+    from tiny_models import save_tiny_whisper
+
+    return save_tiny_whisper(tmp_path_factory.mktemp("whisper"))
+
+
+@pytest.fixture(scope="session")
+def demo_whisper_shards(
+    shared_data: Path, tiny_whisper_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The demo video as one shard of 8 samples of 30 frames (the last 10 frames are a short
+    track) with cached Whisper features of `tiny_whisper_dir`."""
+    out = tmp_path_factory.mktemp("demo_whisper_shards")
+    audio = {"features": "whisper", "model": str(tiny_whisper_dir)}
+    return preprocess_once(shared_data / "talking_demo1.mp4", out, max_frames=30, audio=audio)

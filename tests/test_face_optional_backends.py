@@ -360,7 +360,7 @@ def test_fan_call_fits_landmarks_in_each_detected_box(fan_analyzer: FaceAnalyzer
 def test_fan_settings_name_the_weights(
     fan_analyzer: FaceAnalyzer, fan_weights: tuple[Path, Path]
 ) -> None:
-    from musetalk.face.backends.weights import sha256_file
+    from musetalk.files import sha256_file
 
     settings = fan_analyzer.settings
     json.dumps(settings)

@@ -28,14 +28,21 @@ from tiny_models import save_released_layout
 
 from musetalk.audio import load_audio
 from musetalk.config import parse
-from musetalk.errors import CheckpointError, ConfigError, MediaError
-from musetalk.face import region as R
+from musetalk.data.schema import SCHEMA_VERSION
+from musetalk.errors import (
+    CheckpointError,
+    ConfigError,
+    InputError,
+    MediaError,
+    NoFaceError,
+    ShardVersionError,
+)
+from musetalk.face import region
 from musetalk.face.blend import FaceParsing, feather_mask, lower_face_mask, paste
-from musetalk.inference.avatar import NoFaceError
+from musetalk.inference.pipeline import MuseTalkPipeline
 from musetalk.inference.run import InferenceConfig, infer
 from musetalk.inference.weights import MissingWeightsError, export_files
 from musetalk.models import TINY_UNET, TINY_VAE, build_unet, export_unet
-from musetalk.pipeline import MuseTalkPipeline
 from musetalk.video import VideoReader, VideoWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -362,7 +369,8 @@ def test_auto_shift_from_stats_file_and_builtin_default(models_dir, face_clip, t
     assert builtin.bbox_shift == 0 and "63%" in builtin.bbox_shift_reason
 
     stats = tmp_path / "stats.json"
-    stats.write_text(json.dumps({"equivalent_shift_norm": {"q50": 0.25}}))
+    versions = {"schema_version": SCHEMA_VERSION, "region_version": region.REGION_VERSION}
+    stats.write_text(json.dumps({**versions, "equivalent_shift_norm": {"q50": 0.25}}))
     avatar = pipe.prepare_avatar(face_clip, bbox_shift="auto", max_frames=3, auto_stats=stats)
     nose = np.median(avatar.landmarks[:, 30, 1] - avatar.landmarks[:, 27, 1])
     lo, hi = avatar.shift_range()
@@ -371,9 +379,12 @@ def test_auto_shift_from_stats_file_and_builtin_default(models_dir, face_clip, t
     np.testing.assert_allclose(
         avatar.mask_upper_bound, avatar.landmarks[:, 29, 1] + avatar.bbox_shift
     )
-    (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(ValueError, match="equivalent_shift_norm"):
+    (tmp_path / "bad.json").write_text(json.dumps(versions))
+    with pytest.raises(InputError, match="equivalent_shift_norm"):
         pipe.prepare_avatar(face_clip, bbox_shift="auto", auto_stats=tmp_path / "bad.json")
+    (tmp_path / "old.json").write_text(json.dumps({"equivalent_shift_norm": {"q50": 0.25}}))
+    with pytest.raises(ShardVersionError, match="schema_version None"):
+        pipe.prepare_avatar(face_clip, bbox_shift="auto", auto_stats=tmp_path / "old.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,11 +538,11 @@ def test_unreadable_inputs_and_no_face(tiny_pipe, tmp_path, face_clip, audio_2s)
 def test_region_math_is_the_preprocessing_one(tiny_pipe, face_clip):
     avatar = tiny_pipe.prepare_avatar(face_clip, bbox_shift=3, max_frames=2)
     for i in range(2):
-        box = R.inference_box(
+        box = region.inference_box(
             avatar.landmarks[i], 3, 10, frame_size=avatar.frame_size, det_box=avatar.det_boxes[i]
         )
         np.testing.assert_array_equal(avatar.boxes[i], box)
-        assert tuple(avatar.rects[i]) == R.pixel_rect(box, avatar.frame_size)
+        assert tuple(avatar.rects[i]) == region.pixel_rect(box, avatar.frame_size)
 
 
 def test_audio_tokens_follow_the_positional_encoding_switch(tiny_pipe, speech):

@@ -103,7 +103,7 @@ def test_vae_local_dir_round_trip_and_errors(tmp_path):
         assert latents.shape == (2, 4, 32, 32)
         assert torch.equal(latents, encode(vae, images))  # deterministic (distribution mode)
         assert decode(vae, latents).shape == (2, 3, 256, 256)
-    with pytest.raises(FileNotFoundError, match="VAE not found"):
+    with pytest.raises(FileNotFoundError, match="VAE directory not found"):
         load_vae(tmp_path / "missing")
 
 

@@ -26,7 +26,7 @@ from musetalk.data.reader import decode_wav, iter_samples
 from musetalk.data.samples import SampleOptions, SourceProcessor
 from musetalk.data.sources import Source
 from musetalk.errors import NoAudioStream, OutputRefusedError
-from musetalk.face import region as R
+from musetalk.face import region
 from musetalk.face.analyzer import Face
 from musetalk.face.tracking import TrackedFace
 from musetalk.video import iter_frames, probe
@@ -177,10 +177,14 @@ def test_samples_round_trip_through_reader(zoo_run, face_frames):
             assert np.asarray(m[name]).shape == (T, 4), name
         for t in range(T):
             lms, det = np.asarray(m["landmarks"][t]), m["det_box"][t]
-            np.testing.assert_allclose(m["training_box"][t], R.training_box(det, lms), atol=0.01)
+            np.testing.assert_allclose(
+                m["training_box"][t], region.training_box(det, lms), atol=0.01
+            )
             bound = m["mask_upper_bound"][t]
-            assert m["nearest_nose_landmark"][t] == R.nearest_nose_landmark(bound, lms)
-            assert m["equivalent_shift"][t] == pytest.approx(R.equivalent_shift(det, lms), abs=0.01)
+            assert m["nearest_nose_landmark"][t] == region.nearest_nose_landmark(bound, lms)
+            assert m["equivalent_shift"][t] == pytest.approx(
+                region.equivalent_shift(det, lms), abs=0.01
+            )
             w, h = m["crop_size"][t]
             assert s.frames[t].shape == (h, w, 3)
         assert m["source_size"] in ([640, 360], [640, 720])
@@ -189,9 +193,9 @@ def test_samples_round_trip_through_reader(zoo_run, face_frames):
     good = next(s for s in samples.values() if s.meta["source"].endswith("good.mp4"))
     t = 30
     rect, size = good.meta["crop_rect"][t], good.meta["crop_size"][t]
-    box = R.training_box(good.meta["det_box"][t], good.meta["landmarks"][t])
-    from_crop = R.crop(good.frames[t], R.box_to_crop(box, rect, size), size=64)
-    from_frame = R.crop(face_frames[good.meta["frame_index"][t]], box, size=64)
+    box = region.training_box(good.meta["det_box"][t], good.meta["landmarks"][t])
+    from_crop = region.crop(good.frames[t], region.box_to_crop(box, rect, size), size=64)
+    from_frame = region.crop(face_frames[good.meta["frame_index"][t]], box, size=64)
     assert np.abs(from_crop.astype(int) - from_frame.astype(int)).mean() < 6
 
 
@@ -204,24 +208,25 @@ def test_stats_match_the_samples(zoo_run):
     shifts = np.concatenate([m["equivalent_shift"] for m in metas])
     assert summary["equivalent_shift_px"]["q50"] == pytest.approx(np.median(shifts), abs=0.5)
     lms = np.concatenate([np.asarray(m["landmarks"]) for m in metas])
-    lo, hi = R.shift_range(lms)
+    lo, hi = region.shift_range(lms)
     np.testing.assert_allclose(summary["shift_range"], [lo, hi], atol=1e-3)
     for name in ("sources", "frames_with_face", "region_version", "schema_version", "seconds"):
         assert name in summary
     assert json.loads((out / "config.json").read_text())["config"]["sources_per_shard"] == 3
 
 
-def test_video_only_file_with_separate_wav(shared_data, tmp_path):
+def test_video_only_file_with_separate_wav(shared_data, both_videos_shards, tmp_path):
+    """Alone, a video without sound is skipped (no_audio); paired with its wav in a csv list
+    (the session's `both_videos_shards`), its samples carry the wav's audio, aligned."""
     video, wav = shared_data / "yongen_video_only.mp4", shared_data / "yongen.wav"
     alone = preprocess(run_config(video, tmp_path / "alone"))
     assert alone["sources_skipped"] == {"no_audio": 1}
-    listing = tmp_path / "list.csv"
-    with listing.open("w", newline="") as f:
-        csv.writer(f).writerows([["video", "audio"], [str(video), str(wav)]])
-    config = run_config(listing, tmp_path / "paired", sample=SampleOptions(max_frames=100))
-    paired = preprocess(config)
-    assert paired["sources_ok"] == 1 and paired["samples"] >= 2
-    sample = next(iter_samples(tmp_path / "paired", images=False))
+    manifest = [json.loads(line) for line in (both_videos_shards / "manifest.jsonl").open()]
+    (paired,) = [m for m in manifest if m["video"] == str(video)]
+    assert paired["status"] == "ok" and paired["audio"] == str(wav) and len(paired["samples"]) >= 2
+    sample = next(
+        s for s in iter_samples(both_videos_shards, images=False) if s.key in paired["samples"]
+    )
     reference = load_audio(wav)
     start = sample.meta["frame_index"][0] * 640
     np.testing.assert_allclose(

@@ -345,14 +345,14 @@ def test_large_bbox_shift_is_clipped_with_a_warning_and_recorded(clips, speech_w
     processed with the shift clipped to the geometric limit, a warning naming both values, the
     used value in the range line and the sidecar; the boundary never moves up as the shift
     grows (MuseTalk silently fell back to the detector box there)."""
-    from musetalk.face import region as R
+    from musetalk.face import region
     from musetalk.inference.run import build_pipeline, infer
 
     pipe = build_pipeline(infer_config(clips, speech_wav, tmp_path / "x.mp4"))
     used, bounds = {}, {}
     for shift in (50, 90, 200, 1000):
         avatar = pipe.prepare_avatar(clips / "a.mp4", shift, max_frames=25)  # = the audio
-        lo, hi = R.shift_limits(avatar.main_landmarks())
+        lo, hi = region.shift_limits(avatar.main_landmarks())
         used[shift], bounds[shift] = avatar.bbox_shift, np.nanmean(avatar.mask_upper_bound)
         if shift > hi:
             assert avatar.bbox_shift == hi

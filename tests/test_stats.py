@@ -16,7 +16,7 @@ import pytest
 from musetalk import stats
 from musetalk.data.reader import iter_samples
 from musetalk.data.schema import REGION_VERSION, SCHEMA_VERSION, ShardError
-from musetalk.face import region as R
+from musetalk.face import region
 
 # ---------------------------------------------------------------------------------------------
 # Synthetic shards: sample jsons built with the region functions, payloads that are not media
@@ -33,9 +33,9 @@ def face_landmarks(rng: np.random.Generator, nose: tuple[float, float, float, fl
 def sample_meta(key: str, source: str, lms: list[np.ndarray], det_top: list[float]) -> dict:
     """A schema-v1 sample json, its region facts computed like preprocessing does."""
     det = [[95.0, top, 205.0, lm[:, 1].max()] for top, lm in zip(det_top, lms, strict=True)]
-    train = [R.training_box(d, lm) for d, lm in zip(det, lms, strict=True)]
-    bound = [R.mask_upper_bound(b) for b in train]
-    shift = [R.equivalent_shift(d, lm) for d, lm in zip(det, lms, strict=True)]
+    train = [region.training_box(d, lm) for d, lm in zip(det, lms, strict=True)]
+    bound = [region.mask_upper_bound(b) for b in train]
+    shift = [region.equivalent_shift(d, lm) for d, lm in zip(det, lms, strict=True)]
     n = len(lms)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -54,13 +54,13 @@ def sample_meta(key: str, source: str, lms: list[np.ndarray], det_top: list[floa
         "training_box": [b.tolist() for b in train],
         "mask_upper_bound": bound,
         "nearest_nose_landmark": [
-            R.nearest_nose_landmark(b, lm) for b, lm in zip(bound, lms, strict=True)
+            region.nearest_nose_landmark(b, lm) for b, lm in zip(bound, lms, strict=True)
         ],
         "equivalent_shift": shift,
         "equivalent_shift_norm": [
-            R.normalized_shift(s, lm) for s, lm in zip(shift, lms, strict=True)
+            region.normalized_shift(s, lm) for s, lm in zip(shift, lms, strict=True)
         ],
-        "nose_length": [R.nose_length(lm) for lm in lms],
+        "nose_length": [region.nose_length(lm) for lm in lms],
         "detected": [True] * n,
         "crop_rect": [[0, 0, 320, 480]] * n,
         "crop_size": [[320, 480]] * n,
@@ -144,7 +144,7 @@ def test_unknown_versions_are_refused(tmp_path, synthetic, field):
         stats.load_frames(root)
     root = write_dataset(tmp_path / "summary", metas, {field: 99})
     with pytest.raises(ShardError, match=f"{field} 99"):
-        stats.load_summary(root)
+        stats.load_stats(root)
     with pytest.raises(ShardError, match=f"{field} 99"):
         stats.load_frames(root)
 
@@ -162,13 +162,13 @@ def test_per_source_ranges_on_synthetic_sources(synthetic):
         mine = [m for m in metas if m["source_id"] == source]
         lms = [np.asarray(lm) for m in mine for lm in m["landmarks"]]
         shifts = [s for m in mine for s in m["equivalent_shift"]]
-        lo, hi = R.shift_range(lms)
+        lo, hi = region.shift_range(lms)
         row = ranges.loc[source]
         assert row["frames"] == len(lms)
         assert (row["lo"], row["hi"]) == pytest.approx((lo, hi))
         assert row["median_shift"] == pytest.approx(np.median(shifts))
         assert row["boundary_position"] == pytest.approx((np.median(shifts) - lo) / (hi - lo))
-        assert row["range_text"] == R.format_shift_range(len(lms), (lo, hi), 0)
+        assert row["range_text"] == region.format_shift_range(len(lms), (lo, hi), 0)
     assert ranges.loc["a", "lo"] != pytest.approx(ranges.loc["b", "lo"])
 
 
@@ -204,16 +204,18 @@ def by_source(metas: list[dict], field: str) -> dict[str, list]:
 def test_real_frames_match_region_functions(real):
     root, metas = real
     frames = stats.load_frames(root)
-    assert len(frames) == sum(m["num_frames"] for m in metas) == stats.load_summary(root)["frames"]
+    assert len(frames) == sum(m["num_frames"] for m in metas) == stats.load_stats(root)["frames"]
     assert len(metas) > 2  # 100-frame samples: several per source
     lms = [np.asarray(lm) for m in metas for lm in m["landmarks"]]
     det = [d for m in metas for d in m["det_box"]]
-    expected = [R.equivalent_shift(d, lm) for d, lm in zip(det, lms, strict=True)]
+    expected = [region.equivalent_shift(d, lm) for d, lm in zip(det, lms, strict=True)]
     np.testing.assert_allclose(frames["equivalent_shift"], expected, atol=0.02)
-    bounds = [R.mask_upper_bound(R.training_box(d, lm)) for d, lm in zip(det, lms, strict=True)]
-    nearest = [R.nearest_nose_landmark(b, lm) for b, lm in zip(bounds, lms, strict=True)]
+    bounds = [
+        region.mask_upper_bound(region.training_box(d, lm)) for d, lm in zip(det, lms, strict=True)
+    ]
+    nearest = [region.nearest_nose_landmark(b, lm) for b, lm in zip(bounds, lms, strict=True)]
     assert frames["nearest_nose_landmark"].tolist() == nearest
-    np.testing.assert_allclose(frames["nose_length"], [R.nose_length(lm) for lm in lms])
+    np.testing.assert_allclose(frames["nose_length"], [region.nose_length(lm) for lm in lms])
     audio = frames.groupby("source_id")["audio_source"].first()
     assert sorted(audio.isna().tolist()) == [False, True]  # the yongen video has its own wav
 
@@ -230,7 +232,7 @@ def test_real_shares_match_counts(real):
     total = sum(counts.values())
     assert shares["share"].tolist() == pytest.approx([counts[k] / total for k in (28, 29, 30)])
     assert shares["musetalk_share"].tolist() == [0.15, 0.63, 0.22]
-    summary_counts = stats.load_summary(root)["nose_landmark_counts"]
+    summary_counts = stats.load_stats(root)["nose_landmark_counts"]
     assert {int(k): v for k, v in summary_counts.items()} == {k: counts[k] for k in (28, 29, 30)}
     grouped = stats.nose_landmark_shares(frames, by="source_id")
     for source, values in by_source(metas, "nearest_nose_landmark").items():
@@ -263,7 +265,7 @@ def test_real_per_source_ranges_equal_region_shift_range(real):
     landmarks = by_source(metas, "landmarks")
     assert sorted(ranges.index) == sorted(landmarks)
     for source, lms in landmarks.items():
-        lo, hi = R.shift_range(np.asarray(lms))
+        lo, hi = region.shift_range(np.asarray(lms))
         assert (ranges.loc[source, "lo"], ranges.loc[source, "hi"]) == pytest.approx((lo, hi))
         assert ranges.loc[source, "frames"] == len(lms)
     # the dlib boxes of talking_demo1 put the training boundary below the nose tip
@@ -276,15 +278,15 @@ def test_real_per_source_ranges_equal_region_shift_range(real):
 def test_real_recommendation_from_frames_and_from_summary(real):
     root, metas = real
     frames = stats.load_frames(root)
-    summary = stats.load_summary(root)
+    summary = stats.load_stats(root)
     norm = [v for m in metas for v in m["equivalent_shift_norm"] if v is not None]
     assert stats.training_shift_norm(frames) == pytest.approx(np.median(norm))
     # the summary's q50 is a histogram bin centre (0.01 wide) at one of the two middle values
     middle = np.sort(norm)[(len(norm) - 1) // 2 : len(norm) // 2 + 1]
     assert middle[0] - 0.005 <= stats.training_shift_norm(summary) <= middle[-1] + 0.005
     lms = [np.asarray(lm) for lm in by_source(metas, "landmarks")[metas[-1]["source_id"]]]
-    lo, hi = R.shift_range(lms)
-    wanted = np.median(norm) * np.median([R.nose_length(lm) for lm in lms])
+    lo, hi = region.shift_range(lms)
+    wanted = np.median(norm) * np.median([region.nose_length(lm) for lm in lms])
     expected = int(np.clip(round(wanted), int(lo), int(hi)))
     assert stats.recommend_bbox_shift(frames, lms).shift == expected
     assert abs(stats.recommend_bbox_shift(summary, lms).shift - expected) <= 1
@@ -315,7 +317,7 @@ def table(norm: list[float]) -> pd.DataFrame:
 def test_recommendation_is_median_norm_times_nose_length():
     # nose lengths 30 / 40 / 60 (median 40, mean 43.3): range [-10 ~ +21.7]; 0.3 x 40 -> 12 px
     lms = video_landmarks([30, 40, 60])
-    assert R.shift_range(lms) == pytest.approx((-10, 65 / 3))
+    assert region.shift_range(lms) == pytest.approx((-10, 65 / 3))
     rec = stats.recommend_bbox_shift(table([0.1, 0.2, 0.3, 0.5, 0.7, np.nan]), lms)
     assert rec.shift == 12
     shift, reason = rec

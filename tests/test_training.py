@@ -32,8 +32,6 @@ from torch.utils.data import DataLoader
 
 from musetalk.audio.whisper import WhisperEncoder
 from musetalk.audio.windows import audio_windows
-from musetalk.data.preprocess import PreprocessConfig, preprocess
-from musetalk.data.samples import SampleOptions
 from musetalk.losses import (
     LATENTSYNC_SYNCNET,
     AdversarialLoss,
@@ -108,19 +106,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def shards(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shards(demo_shards: Path) -> Path:
     """Real preprocessing of the demo video: one shard with 5 samples of 50 frames."""
-    out = tmp_path_factory.mktemp("shards")
-    preprocess(
-        PreprocessConfig(
-            input=str(shared_data / "talking_demo1.mp4"),
-            output=str(out),
-            workers=1,
-            progress=False,
-            sample=SampleOptions(max_frames=50),
-        )
-    )
-    return out
+    return demo_shards
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,16 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from tiny_models import save_tiny_whisper
 
+from musetalk.audio.mel import log_mel, mel_window
 from musetalk.audio.whisper import WhisperEncoder
 from musetalk.audio.windows import audio_windows
-from musetalk.data.preprocess import PreprocessConfig, preprocess
 from musetalk.data.reader import iter_samples, resolve_shards
-from musetalk.data.samples import SampleOptions
 from musetalk.data.schema import ShardError
-from musetalk.face import region as R
-from musetalk.training.data import (
-    WAV_SAMPLES,
-    TalkingFaceDataModule,
-    context_box,
-    log_mel,
-    mel_window,
-    wav_audio_windows,
-)
+from musetalk.face import region
+from musetalk.training.clips import WAV_SAMPLES, wav_audio_windows
+from musetalk.training.crops import context_box
+from musetalk.training.data import TalkingFaceDataModule
 from musetalk.training.reference import (
     pose_mouth_descriptors,
     select_references,
@@ -41,25 +34,14 @@ MAX_FRAMES = 30  # 250 frames -> 8 samples of 30 (the last 10 frames are a short
 
 
 @pytest.fixture(scope="module")
-def whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_whisper(tmp_path_factory.mktemp("whisper"))
+def whisper_dir(tiny_whisper_dir: Path) -> Path:
+    return tiny_whisper_dir
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, whisper_dir: Path) -> Path:
+def shards(demo_whisper_shards: Path) -> Path:
     """The real preprocessing with cached (tiny) Whisper features: one tar of 8 samples."""
-    out = tmp_path_factory.mktemp("shards")
-    preprocess(
-        PreprocessConfig(
-            input=str(shared_data / "talking_demo1.mp4"),
-            output=str(out),
-            workers=1,
-            progress=False,
-            sample=SampleOptions(max_frames=MAX_FRAMES),
-            audio={"features": "whisper", "model": str(whisper_dir)},
-        )
-    )
-    return out
+    return demo_whisper_shards
 
 
 @pytest.fixture(scope="module")
@@ -177,21 +159,21 @@ def expected_crop(sample, t: int, margin: float = 0.0, shift_norm: float | None 
     """region.crop of the stored context image with the region module's box (test-side path)."""
     meta = sample.meta
     rect, size = meta["crop_rect"][t], meta["crop_size"][t]
-    lms = R.points_to_crop(np.asarray(meta["landmarks"][t]), rect, size)
-    det = R.box_to_crop(meta["det_box"][t], rect, size)
+    lms = region.points_to_crop(np.asarray(meta["landmarks"][t]), rect, size)
+    det = region.box_to_crop(meta["det_box"][t], rect, size)
     px = margin * size[1] / (rect[3] - rect[1])
     if shift_norm is None:
-        box = R.training_box(det, lms)
+        box = region.training_box(det, lms)
         box[3] += px
     else:
-        shift = shift_norm * R.nose_length(lms)
-        box = R.inference_box(lms, shift, px, frame_size=(size[1], size[0]), det_box=det)
-    return R.crop(sample.frames[t], box, S), box, lms
+        shift = shift_norm * region.nose_length(lms)
+        box = region.inference_box(lms, shift, px, frame_size=(size[1], size[0]), det_box=det)
+    return region.crop(sample.frames[t], box, S), box, lms
 
 
 def crop_row(y: float, box: np.ndarray, image_shape: tuple) -> float:
     """Row of the S x S crop showing context-crop row y."""
-    _, y1, _, y2 = R.pixel_rect(box, image_shape[:2])
+    _, y1, _, y2 = region.pixel_rect(box, image_shape[:2])
     return (y - y1) * S / (y2 - y1)
 
 
@@ -219,7 +201,7 @@ def test_crops_are_region_crops(shards: Path, samples: dict, margin: bool) -> No
         if not margin:
             t = int(batch["target_index"][b, 0])
             meta = sample.meta
-            bound = R.points_to_crop(
+            bound = region.points_to_crop(
                 [[0.0, meta["mask_upper_bound"][t]]], meta["crop_rect"][t], meta["crop_size"][t]
             )[0, 1]
             _, box, _ = expected_crop(sample, t)
@@ -237,7 +219,9 @@ def test_bottom_margin_moves_y2(samples: dict) -> None:
     np.testing.assert_allclose(moved[:3], plain[:3])
     assert moved[3] - plain[3] == pytest.approx(12.5 * size[1] / (rect[3] - rect[1]))
     # the box without augmentation is the stored training box, mapped into the crop
-    np.testing.assert_allclose(plain, R.box_to_crop(meta["training_box"][t], rect, size), atol=0.05)
+    np.testing.assert_allclose(
+        plain, region.box_to_crop(meta["training_box"][t], rect, size), atol=0.05
+    )
 
 
 def test_shift_augment_uses_inference_box(shards: Path, samples: dict) -> None:
@@ -252,7 +236,7 @@ def test_shift_augment_uses_inference_box(shards: Path, samples: dict) -> None:
         crop, box, lms = expected_crop(sample, t, shift_norm=shift)
         np.testing.assert_array_equal(to_uint8(batch["target"][b, 0]), crop)
         # mask boundary at landmark 29 + bbox_shift (in the crop)
-        boundary = lms[29, 1] + shift * R.nose_length(lms)
+        boundary = lms[29, 1] + shift * region.nose_length(lms)
         assert abs(crop_row(boundary, box, sample.frames[t].shape) - S / 2) <= 1.0
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import soundfile as sf
 
 from musetalk.errors import CorruptMedia, NoAudioStream
+from musetalk.timebase import FPS, SAMPLE_RATE
 from musetalk.video import open_media, video_start
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "write_wav",
 ]
 
-SAMPLE_RATE = 16000
 _PAD_CHUNK = 16384  # leading zero padding is produced in pieces of at most this many samples
 
 
@@ -141,7 +141,7 @@ def _mono(frame: av.AudioFrame) -> np.ndarray:
 
 
 def frame_bounds(
-    start_frame: int, num_frames: int, fps: float = 25, sr: int = SAMPLE_RATE
+    start_frame: int, num_frames: int, fps: float = FPS, sr: int = SAMPLE_RATE
 ) -> tuple[int, int]:
     """Sample range [a, b) of video frames [start_frame, start_frame + num_frames).
 
@@ -158,7 +158,7 @@ def audio_for_frames(
     audio: np.ndarray,
     start_frame: int,
     num_frames: int,
-    fps: float = 25,
+    fps: float = FPS,
     sr: int = SAMPLE_RATE,
 ) -> np.ndarray:
     """Samples of video frames [start_frame, start_frame + num_frames): (num_frames * sr / fps,).
@@ -223,7 +223,7 @@ class AudioStream:
         """Samples held in memory now."""
         return self._end - self._base
 
-    def frames_available(self, fps: float = 25) -> int | None:
+    def frames_available(self, fps: float = FPS) -> int | None:
         """Video frames fully covered by audio (sample end <= `num_samples`); None until ended."""
         if self.num_samples is None:
             return None
@@ -258,7 +258,7 @@ class AudioStream:
                 break
         return out
 
-    def read_frames(self, start_frame: int, num_frames: int, fps: float = 25) -> np.ndarray:
+    def read_frames(self, start_frame: int, num_frames: int, fps: float = FPS) -> np.ndarray:
         """Samples of video frames [start_frame, start_frame + num_frames), as
         `audio_for_frames(load_audio(path), ...)`: (num_frames * sr / fps,) float32."""
         return self.read(*frame_bounds(start_frame, num_frames, fps, self.sr))

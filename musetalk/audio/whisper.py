@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from musetalk.audio.io import SAMPLE_RATE
 from musetalk.audio.windows import STEPS_PER_SECOND, num_steps_for
 from musetalk.errors import MissingWeightsError
+from musetalk.files import looks_local, require_files
+from musetalk.timebase import SAMPLE_RATE
 
-__all__ = ["WhisperEncoder"]
+__all__ = ["DEFAULT_WHISPER", "WhisperEncoder", "check_whisper_dir", "local_model_dir"]
 
-_REQUIRED_FILES = ("config.json", "preprocessor_config.json")
+DEFAULT_WHISPER = "openai/whisper-tiny"
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -37,23 +38,31 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return value
 
 
+def check_whisper_dir(path: Path) -> None:
+    """An HF Whisper directory (config.json, preprocessor_config.json, model.safetensors or
+    pytorch_model.bin); MuseTalk 1.0's openai-whisper `tiny.pt` gets its own message."""
+    if (path / "tiny.pt").is_file() and not (path / "config.json").is_file():
+        raise MissingWeightsError(
+            f"{path} holds tiny.pt (MuseTalk 1.0's openai-whisper checkpoint); this framework "
+            f"reads the Hugging Face layout: put openai/whisper-tiny (config.json, "
+            f"preprocessor_config.json, model.safetensors or pytorch_model.bin) in {path}, as "
+            f"MuseTalk 1.5's download script does"
+        )
+    groups = [
+        ("config.json",),
+        ("preprocessor_config.json",),
+        ("model.safetensors", "pytorch_model.bin"),
+    ]
+    require_files(path, groups, "Whisper model")
+
+
 def local_model_dir(model: str) -> Path | None:
-    """The directory `model` names, None for a hub id; MissingWeightsError for a missing path
-    or a directory without the HF Whisper files."""
+    """The directory `model` names (checked with `check_whisper_dir`), None for a hub id."""
+    if not looks_local(model):
+        return None
     path = Path(model).expanduser()
-    if path.is_dir():
-        missing = [f for f in _REQUIRED_FILES if not (path / f).is_file()]
-        if missing:
-            raise MissingWeightsError(
-                f"Whisper model directory {path} lacks {', '.join(missing)} (expected the HF "
-                "layout: config.json, preprocessor_config.json, model.safetensors or "
-                "pytorch_model.bin)"
-            )
-        return path
-    looks_like_path = path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1
-    if looks_like_path or path.exists():
-        raise MissingWeightsError(f"Whisper model directory not found: {path}")
-    return None
+    check_whisper_dir(path)
+    return path
 
 
 #: A small random Whisper-shaped encoder (2 layers, d 384 like whisper-tiny so that it fits
@@ -90,7 +99,7 @@ class WhisperEncoder:
 
     def __init__(
         self,
-        model: str = "openai/whisper-tiny",
+        model: str = DEFAULT_WHISPER,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str = torch.float32,
     ) -> None:

@@ -16,6 +16,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from musetalk.timebase import FPS, SAMPLE_RATE
+
 __all__ = [
     "STEPS_PER_SECOND",
     "WINDOW_LEFT",
@@ -42,14 +44,14 @@ def _fraction(x: float, name: str) -> Fraction:
     return value
 
 
-def num_frames_for(num_samples: int, sr: int = 16000, fps: float = 25) -> int:
+def num_frames_for(num_samples: int, sr: int = SAMPLE_RATE, fps: float = FPS) -> int:
     """Video frames conditioned by `num_samples` of audio at `sr` Hz: floor(seconds * fps)."""
     if num_samples < 0:
         raise ValueError(f"expected num_samples >= 0, got {num_samples}")
     return math.floor(Fraction(num_samples) / _fraction(sr, "sr") * _fraction(fps, "fps"))
 
 
-def num_steps_for(num_samples: int, sr: int = 16000) -> int:
+def num_steps_for(num_samples: int, sr: int = SAMPLE_RATE) -> int:
     """50 Hz encoder steps kept for `num_samples` of audio: floor(seconds * 50).
 
     A trailing partial step (< 20 ms) is dropped, as upstream does; the last video frame's
@@ -60,7 +62,7 @@ def num_steps_for(num_samples: int, sr: int = 16000) -> int:
     return math.floor(Fraction(num_samples) / _fraction(sr, "sr") * STEPS_PER_SECOND)
 
 
-def window_steps(num_frames: int, fps: float = 25, start_frame: int = 0) -> np.ndarray:
+def window_steps(num_frames: int, fps: float = FPS, start_frame: int = 0) -> np.ndarray:
     """(num_frames, 10) int64 encoder steps of frames [start_frame, start_frame + num_frames).
 
     Row j holds steps [c - 4, c + 6) with c = floor((start_frame + j) * 50 / fps) (= 2i at
@@ -74,7 +76,9 @@ def window_steps(num_frames: int, fps: float = 25, start_frame: int = 0) -> np.n
     return first[:, None] + np.arange(WINDOW_STEPS, dtype=np.int64)
 
 
-def audio_windows(features: Array, num_frames: int, fps: float = 25, start_frame: int = 0) -> Array:
+def audio_windows(
+    features: Array, num_frames: int, fps: float = FPS, start_frame: int = 0
+) -> Array:
     """Per-frame audio tokens (num_frames, 10 * L, d) from encoder features (T50, L, d).
 
     Frames [start_frame, start_frame + num_frames) at `fps`; token t of frame i is step

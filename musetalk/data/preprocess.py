@@ -15,91 +15,26 @@ into `stats.json` and `manifest.jsonl` (`musetalk.data.summary`).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import hashlib
 import importlib.util
-import json
 import os
 import threading
 import time
-from dataclasses import field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import Field
 from tqdm.auto import tqdm
 
-from musetalk.config import Device, settings
+from musetalk.audio.whisper import local_model_dir
 from musetalk.data.output import CONFIG, MANIFEST, RECORD_FORMAT, STATS, TOOL, Output, claim
-from musetalk.data.samples import SampleOptions
+from musetalk.data.settings import RUNTIME_ONLY, PreprocessConfig
 from musetalk.data.shard_task import run_shard
 from musetalk.data.sources import VIDEO_EXTENSIONS, Source, assign_shards, list_sources
 from musetalk.data.summary import format_summary, write_summary
 from musetalk.errors import ConfigError, InputError, OutputRefusedError
 from musetalk.face.analyzer import check_face
-from musetalk.face.tracking import TrackingOptions
 
-__all__ = ["AudioFeatureOptions", "ExecutorOptions", "PreprocessConfig", "preprocess"]
-
-
-@settings
-class ExecutorOptions:
-    """Where shard tasks run: `local` (a process pool) or `ray` (`address` None = a local Ray
-    instance; "auto" or ray://host:10001 for a cluster)."""
-
-    name: Literal["local", "ray"] = "local"
-    address: str | None = None
-
-
-@settings
-class AudioFeatureOptions:
-    """`features`: none, or whisper (cache Whisper encoder features in the shards, computed by
-    `model`, an HF id or a local dir, on the run's `device`)."""
-
-    features: Literal["none", "whisper"] = "none"
-    model: str = "openai/whisper-tiny"
-
-
-@settings
-class PreprocessConfig:
-    """Everything that defines a preprocessing run (plain values; Hydra lives in the entry point).
-
-    input: video file, directory (recursive) or .txt/.csv list. output: local dir or fsspec URL.
-    workers: parallel shard tasks (None = number of cores). overwrite: write into a non-empty
-    directory that this tool did not make (its files are never touched). face: backend name +
-    its options. Other groups: `TrackingOptions`, `SampleOptions`, `ExecutorOptions`,
-    `AudioFeatureOptions`.
-    """
-
-    input: Annotated[str, Field(min_length=1)]
-    output: Annotated[str, Field(min_length=1)]
-    workers: Annotated[int, Field(ge=1)] | None = None
-    sources_per_shard: Annotated[int, Field(ge=1)] = 4
-    samples_per_shard: Annotated[int, Field(ge=1)] = 200
-    overwrite: bool = False
-    face: dict[str, Any] = field(default_factory=lambda: {"backend": "dlib"})
-    tracking: TrackingOptions = field(default_factory=TrackingOptions)
-    sample: SampleOptions = field(default_factory=SampleOptions)
-    executor: ExecutorOptions = field(default_factory=ExecutorOptions)
-    audio: AudioFeatureOptions = field(default_factory=AudioFeatureOptions)
-    device: Device = "cpu"
-    progress: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def output_settings(self) -> dict[str, Any]:
-        """The settings that change the shards' content (what the fingerprint covers)."""
-        return {k: v for k, v in self.to_json().items() if k not in _RUNTIME_ONLY}
-
-    def fingerprint(self) -> str:
-        """Hash of `output_settings`: reruns into one output must use the same."""
-        text = json.dumps(self.output_settings(), sort_keys=True)
-        return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-_RUNTIME_ONLY = {"input", "output", "workers", "overwrite", "executor", "progress", "device"}
+__all__ = ["PreprocessConfig", "preprocess"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,8 +47,6 @@ def preprocess(config: PreprocessConfig) -> dict[str, Any]:
     started = time.time()
     check_face(config.face)
     if config.audio.features == "whisper":
-        from musetalk.audio.whisper import local_model_dir
-
         local_model_dir(config.audio.model)  # a local dir must hold the model (hub ids load later)
     if config.executor.name == "ray" and importlib.util.find_spec("ray") is None:
         raise ConfigError("executor.name=ray needs Ray: pip install -e '.[ray]'")
@@ -194,7 +127,7 @@ def check_same_settings(record: dict[str, Any], config: PreprocessConfig) -> Non
     changed = [
         f"{k}: {before.get(k)!r} -> {after.get(k)!r}"
         for k in sorted(set(before) | set(after))
-        if k.split(".")[0] not in _RUNTIME_ONLY and before.get(k) != after.get(k)
+        if k.split(".")[0] not in RUNTIME_ONLY and before.get(k) != after.get(k)
     ]
     raise OutputRefusedError(
         f"{config.output} was made with a different configuration ({'; '.join(changed)}); rerun "

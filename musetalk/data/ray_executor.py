@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from musetalk.data.settings import PreprocessConfig
 from musetalk.data.shard_task import run_shard
 from musetalk.data.sources import Source
-
-if TYPE_CHECKING:
-    from musetalk.data.preprocess import PreprocessConfig
 
 
 def run_with_ray(

@@ -14,6 +14,7 @@ import functools
 import io
 import json
 import os
+import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +27,9 @@ import soundfile as sf
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from musetalk.data.schema import (
-    SAMPLE_RATE,
-    SAMPLES_PER_FRAME,
-    check_key,
-    check_meta,
-    frame_member,
-)
+from musetalk.data.schema import check_key, check_meta, frame_member
 from musetalk.errors import InputNotFoundError, ShardError
+from musetalk.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
 
 __all__ = [
     "Sample",
@@ -41,6 +37,7 @@ __all__ = [
     "decode_npy",
     "decode_sample",
     "decode_wav",
+    "iter_metas",
     "iter_samples",
     "raw_samples",
     "resolve_shards",
@@ -260,3 +257,26 @@ def iter_samples(source: str | Path | Sequence[str], images: bool = True) -> Ite
     """The checked samples of a shard dir, URL pattern or URL list, in order (errors raise)."""
     for raw in wds.DataPipeline(*raw_samples(wds.SimpleShardList(resolve_shards(source)))):
         yield decode_sample(raw, images=images)
+
+
+def iter_metas(source: str | Path | Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(shard URL, checked sample json) of every sample, in order, reading only the json
+    members: the other members' payloads are skipped, not read (for statistics over large
+    datasets). Damaged shards and samples raise ShardError naming them."""
+    for url in resolve_shards(source):
+        try:
+            with fsspec.open(url, "rb") as stream, tarfile.open(fileobj=stream) as tar:
+                for member in tar:
+                    key, _, suffix = member.name.partition(".")
+                    if not member.isfile() or suffix != "json":
+                        continue
+                    where = f"{url}:{key}"
+                    try:
+                        meta = json.loads(tar.extractfile(member).read())
+                    except (ValueError, UnicodeDecodeError) as exc:
+                        raise ShardError(
+                            f"{where}: the json member is not valid JSON ({exc})"
+                        ) from None
+                    yield url, check_meta(meta, where=where)
+        except (tarfile.TarError, EOFError) as exc:
+            raise ShardError(f"{url}: unreadable shard ({type(exc).__name__}: {exc})") from None

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
 
@@ -26,18 +24,13 @@ from pydantic import Field
 
 from musetalk.audio import AudioStream
 from musetalk.config import settings
-from musetalk.data.schema import (
-    FPS,
-    LANDMARK_CONVENTION,
-    REGION_VERSION,
-    SAMPLES_PER_FRAME,
-    SCHEMA_VERSION,
-    frame_member,
-)
+from musetalk.data.schema import LANDMARK_CONVENTION, REGION_VERSION, SCHEMA_VERSION, frame_member
 from musetalk.data.sources import Source
 from musetalk.data.writer import encode_npy, encode_wav
-from musetalk.face import region as R
+from musetalk.face import region
 from musetalk.face.tracking import FaceTracker, TrackedFace
+from musetalk.timebase import FPS, SAMPLES_PER_FRAME
+from musetalk.timing import StageTimes
 from musetalk.video import VideoReader
 
 # Frame-level reasons a frame is not in any sample.
@@ -86,18 +79,6 @@ class SampleOptions:
             )
 
 
-class StageTimes(Counter):
-    """Seconds spent per pipeline stage (decode, faces, crop_encode, audio, pack, ...)."""
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self[stage] += time.perf_counter() - start
-
-
 @dataclass
 class SampleData:
     """A finished sample: its key and members (suffix -> bytes), and its json facts."""
@@ -134,7 +115,7 @@ class SourceReport:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["frames_dropped"] = dict(self.frames_dropped)
-        out["stage_seconds"] = {k: round(v, 3) for k, v in sorted(self.stage_seconds.items())}
+        out["stage_seconds"] = self.stage_seconds.as_dict(digits=3)
         return out
 
 
@@ -168,7 +149,7 @@ def encode_crop(
 ) -> tuple[tuple[int, int, int, int], tuple[int, int], bytes]:
     """Context crop of one frame: (rect in frame px, (width, height) stored, JPEG bytes)."""
     lms, det = face.face.landmarks, face.face.box
-    rect = R.context_rect(
+    rect = region.context_rect(
         det,
         lms,
         frame.shape[:2],
@@ -176,14 +157,14 @@ def encode_crop(
         bottom_margin=options.bottom_margin,
         context=options.context,
     )
-    scale = R.crop_scale(R.training_box(det, lms), options.crop_size)
+    scale = region.crop_scale(region.training_box(det, lms), options.crop_size)
     x1, y1, x2, y2 = rect
     size = (max(1, round((x2 - x1) * scale)), max(1, round((y2 - y1) * scale)))
-    region = frame[y1:y2, x1:x2]
+    pixels = frame[y1:y2, x1:x2]
     if size != (x2 - x1, y2 - y1):
-        region = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(
-        ".jpg", region[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]
+        ".jpg", pixels[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]
     )
     if not ok:
         raise RuntimeError("JPEG encoding failed")
@@ -328,10 +309,8 @@ class SourceProcessor:
         key = f"{self.source.source_id}_t{run[0].face.track_id}_{start:06d}"
         lms = np.stack([f.face.face.landmarks for f in run])
         det = np.stack([f.face.face.box for f in run])
-        train = np.stack([R.training_box(d, lm) for d, lm in zip(det, lms, strict=True)])
-        bound = (train[:, 1] + train[:, 3]) / 2.0
-        shift = bound - lms[:, 29, 1]
-        norm = [R.normalized_shift(s, lm) for s, lm in zip(shift, lms, strict=True)]
+        facts = [region.training_frame(d, lm) for d, lm in zip(det, lms, strict=True)]
+        norm = [f.equivalent_shift_norm for f in facts]
         meta: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "region_version": REGION_VERSION,
@@ -350,14 +329,12 @@ class SourceProcessor:
             "landmarks": _round(lms, 2),
             "det_box": _round(det, 2),
             "det_score": _round(np.array([f.face.face.score for f in run]), 4),
-            "training_box": _round(train, 2),
-            "mask_upper_bound": _round(bound, 2),
-            "nearest_nose_landmark": [
-                R.nearest_nose_landmark(b, lm) for b, lm in zip(bound, lms, strict=True)
-            ],
-            "equivalent_shift": _round(shift, 3),
+            "training_box": _round([f.box for f in facts], 2),
+            "mask_upper_bound": _round([f.mask_upper_bound for f in facts], 2),
+            "nearest_nose_landmark": [f.nearest_nose_landmark for f in facts],
+            "equivalent_shift": _round([f.equivalent_shift for f in facts], 3),
             "equivalent_shift_norm": [None if v is None else round(v, 5) for v in norm],
-            "nose_length": _round(lms[:, 30, 1] - lms[:, R.NOSE_TOP, 1], 3),
+            "nose_length": _round([f.nose_length for f in facts], 3),
             "detected": [bool(f.face.detected) for f in run],
             "crop_rect": [list(f.rect) for f in run],
             "crop_size": [list(f.crop_size) for f in run],

@@ -21,9 +21,6 @@ SCHEMA_VERSION = 1
 KNOWN_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
 KNOWN_REGION_VERSIONS = frozenset({REGION_VERSION})
 
-FPS = 25
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 audio samples per video frame
 LANDMARK_CONVENTION = "iBUG-300W 68 points, 0-based, (x, y) in original-frame pixels"
 
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -63,6 +60,21 @@ REQUIRED_FIELDS = (
 )
 
 
+def check_versions(obj: dict[str, Any], where: str) -> None:
+    """Refuse a sample json or a stats file of a schema/region version this code does not know
+    (ShardVersionError naming both)."""
+    for field, known in (
+        ("schema_version", KNOWN_SCHEMA_VERSIONS),
+        ("region_version", KNOWN_REGION_VERSIONS),
+    ):
+        value = obj.get(field)
+        if value not in known:
+            raise ShardVersionError(
+                f"{where}: {field} {value!r} is not supported by this reader (known: "
+                f"{sorted(known)}); re-run preprocessing or upgrade musetalk"
+            )
+
+
 #: Per-frame fields of the sample json: name -> shape after the frame axis.
 PER_FRAME_ARRAYS = {
     "landmarks": (68, 2),
@@ -83,18 +95,7 @@ def check_meta(meta: Any, where: str = "sample") -> dict[str, Any]:
     per-frame arrays do not have `num_frames` finite entries of the right shape."""
     if not isinstance(meta, dict):
         raise ShardError(f"{where}: the json member is not an object")
-    schema = meta.get("schema_version")
-    if schema not in KNOWN_SCHEMA_VERSIONS:
-        raise ShardVersionError(
-            f"{where}: schema_version {schema!r} is not supported by this reader "
-            f"(known: {sorted(KNOWN_SCHEMA_VERSIONS)}); re-run preprocessing or upgrade musetalk"
-        )
-    region = meta.get("region_version")
-    if region not in KNOWN_REGION_VERSIONS:
-        raise ShardVersionError(
-            f"{where}: region_version {region!r} is not supported by this reader "
-            f"(known: {sorted(KNOWN_REGION_VERSIONS)}); re-run preprocessing or upgrade musetalk"
-        )
+    check_versions(meta, where)
     missing = [name for name in REQUIRED_FIELDS if name not in meta]
     if missing:
         raise ShardError(f"{where}: missing fields {missing}")

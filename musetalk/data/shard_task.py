@@ -14,18 +14,16 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from musetalk.data.output import Output, shard_name
 from musetalk.data.samples import SourceProcessor, SourceReport
 from musetalk.data.schema import REGION_VERSION, SCHEMA_VERSION
+from musetalk.data.settings import PreprocessConfig
 from musetalk.data.sources import Source
 from musetalk.data.stats import RegionStats
 from musetalk.data.writer import ShardWriter
 from musetalk.errors import MediaError
-
-if TYPE_CHECKING:
-    from musetalk.data.preprocess import PreprocessConfig
 
 __all__ = ["run_shard"]
 

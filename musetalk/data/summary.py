@@ -1,17 +1,22 @@
 """The dataset summary of a preprocessing output: `stats.json`, `manifest.jsonl` and the table
-printed at the end of a run, merged from the finished shards' stats jsons."""
+printed at the end of a run, merged from the finished shards' stats jsons. `load_stats` is the
+one reader of `stats.json` (inference's `bbox_shift=auto`, the training export, the notebook)."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from musetalk.data.output import MANIFEST, STATS, Output, shard_name
-from musetalk.data.schema import REGION_VERSION, SCHEMA_VERSION
+from musetalk.data.schema import REGION_VERSION, SCHEMA_VERSION, check_versions
 from musetalk.data.stats import RegionStats
+from musetalk.errors import InputError, InputNotFoundError
 
-__all__ = ["format_summary", "write_summary"]
+__all__ = ["format_summary", "load_stats", "median_shift_norm", "write_summary"]
 
 
 def write_summary(out: Output, num_shards: int, seconds: float) -> dict[str, Any]:
@@ -99,3 +104,37 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+def load_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A preprocessing output's `stats.json` (given as the file or its directory), checked: it
+    exists, is a JSON object, and has known schema/region versions."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / STATS
+    if not path.is_file():
+        raise InputNotFoundError(
+            f"no stats.json at {path}: not a finished preprocess output "
+            "(run preprocess/run.py input=... output=... first)"
+        )
+    try:
+        stats = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(stats, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    check_versions(stats, str(path))
+    return stats
+
+
+def median_shift_norm(stats: Mapping[str, Any], where: str = "stats.json") -> float:
+    """The training data's median equivalent shift in nose lengths (`equivalent_shift_norm.q50`
+    of a `stats.json`): what `bbox_shift=auto` transfers to an inference video."""
+    quantiles = stats.get("equivalent_shift_norm")
+    value = quantiles.get("q50") if isinstance(quantiles, Mapping) else None
+    if not isinstance(value, (int, float)) or value != value:
+        raise InputError(
+            f"{where} has no equivalent_shift_norm.q50 (the median equivalent shift in nose "
+            f"lengths that preprocessing writes), got {quantiles!r}"
+        )
+    return float(value)

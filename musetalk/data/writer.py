@@ -13,7 +13,8 @@ import soundfile as sf
 import webdataset as wds
 
 from musetalk.data.output import Output
-from musetalk.data.schema import SAMPLE_RATE, check_key
+from musetalk.data.schema import check_key
+from musetalk.timebase import SAMPLE_RATE
 
 
 def encode_wav(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:

@@ -21,7 +21,6 @@ Landmarks are (68, 2) in pixels of the original frame (0-based iBUG-300W order);
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from musetalk.face import region as R
+from musetalk.face import region
+from musetalk.files import sha256_file
 
 __all__ = [
     "BLEND_MODES",
@@ -50,7 +50,7 @@ def _pixels(fraction: float, size: int) -> int:
     return round(fraction * size)
 
 
-def feather_mask(region: np.ndarray, feather: float = 0.05) -> np.ndarray:
+def feather_mask(area: np.ndarray, feather: float = 0.05) -> np.ndarray:
     """(S, S) uint8 blend mask from a binary (S, S) region in crop coordinates.
 
     The region is cut to rows >= S/2 + f + 1 and kept f + 1 px away from the left, right and
@@ -58,16 +58,16 @@ def feather_mask(region: np.ndarray, feather: float = 0.05) -> np.ndarray:
     (kernel 2f + 1, sigma f / 2): the result is exactly 0 on the crop's border and in its upper
     half, and ramps to 255 over about 2f px inside. feather: fraction of the crop size.
     """
-    region = np.asarray(region)
-    if region.ndim != 2 or region.shape[0] != region.shape[1]:
-        raise ValueError(f"expected a square (S, S) region, got shape {region.shape}")
-    size = region.shape[0]
+    area = np.asarray(area)
+    if area.ndim != 2 or area.shape[0] != area.shape[1]:
+        raise ValueError(f"expected a square (S, S) region, got shape {area.shape}")
+    size = area.shape[0]
     f = _pixels(feather, size)
     inset = f + 1
     binary = np.zeros((size, size), np.float32)
     top = size // 2 + inset
     binary[top : size - inset, inset : size - inset] = (
-        region[top : size - inset, inset : size - inset] > 0
+        area[top : size - inset, inset : size - inset] > 0
     )
     if f > 0:
         binary = cv2.GaussianBlur(
@@ -89,14 +89,14 @@ def lower_face_mask(
     grow: the jaw polygon is dilated by this fraction of the crop size (an elliptical kernel).
     feather: see `feather_mask`.
     """
-    jaw = R.points_to_crop(R.as_landmarks(landmarks)[JAW], rect, (size, size))
-    region = np.zeros((size, size), np.uint8)
-    cv2.fillPoly(region, [np.round(jaw).astype(np.int32)], 1)
+    jaw = region.points_to_crop(region.as_landmarks(landmarks)[JAW], rect, (size, size))
+    area = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(area, [np.round(jaw).astype(np.int32)], 1)
     g = _pixels(grow, size)
     if g > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * g + 1, 2 * g + 1))
-        region = cv2.dilate(region, kernel)
-    return feather_mask(region, feather)
+        area = cv2.dilate(area, kernel)
+    return feather_mask(area, feather)
 
 
 def paste(frame: np.ndarray, crop: np.ndarray, rect: Sequence[int], mask: np.ndarray) -> np.ndarray:
@@ -116,19 +116,10 @@ def paste(frame: np.ndarray, crop: np.ndarray, rect: Sequence[int], mask: np.nda
     if not alpha.any():
         return out
     weights = alpha.astype(np.float32) * (1.0 / 255.0)
-    region = out[y1:y2, x1:x2]
-    # dst = (w * patch + (1 - w) * region) / 1, rounded: where w == 0 the frame pixel is exact
-    region[:] = cv2.blendLinear(patch, np.ascontiguousarray(region), weights, 1.0 - weights)
+    dst = out[y1:y2, x1:x2]
+    # dst = (w * patch + (1 - w) * dst) / 1, rounded: where w == 0 the frame pixel is exact
+    dst[:] = cv2.blendLinear(patch, np.ascontiguousarray(dst), weights, 1.0 - weights)
     return out
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes (streamed)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class FaceParsing:
@@ -172,7 +163,7 @@ class FaceParsing:
         self.input_name = inp.name
         self.input_size = int(static[0]) if len(static) == 2 else int(input_size)
         self.labels = tuple(int(k) for k in labels)
-        self.sha256 = file_sha256(self.path)
+        self.sha256 = sha256_file(self.path)
 
     @property
     def settings(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from musetalk.face import region as R
+from musetalk.face import region
 from musetalk.face.analyzer import Face
 
 # RGB colours
@@ -35,20 +35,20 @@ def draw_face(
     scale = max(out.shape[:2]) / 1000.0
     thick = max(1, round(2 * scale))
     _rect(out, face.box, DETECTOR, thick)
-    _rect(out, R.training_box(face.box, face.landmarks), TRAINING, thick)
-    region = R.inference_region(
+    _rect(out, region.training_box(face.box, face.landmarks), TRAINING, thick)
+    box_info = region.inference_region(
         face.landmarks, bbox_shift, extra_margin, frame_size=out.shape[:2], det_box=face.box
     )
-    if region is not None:
-        _rect(out, region.box, INFERENCE, thick)
-        y = round(region.mask_upper_bound)
-        x1, _, x2, _ = (round(v) for v in region.box)
+    if box_info is not None:
+        _rect(out, box_info.box, INFERENCE, thick)
+        y = round(box_info.mask_upper_bound)
+        x1, _, x2, _ = (round(v) for v in box_info.box)
         cv2.line(out, (x1, y), (x2, y), BOUNDARY, thick, cv2.LINE_AA)
-        label = f"bbox_shift={bbox_shift:g}" + (" (detector box)" if region.fallback else "")
-        _text(out, label, (x1, max(12, round(region.box[1]) - 6)), INFERENCE, scale)
+        label = f"bbox_shift={bbox_shift:g}" + (" (detector box)" if box_info.fallback else "")
+        _text(out, label, (x1, max(12, round(box_info.box[1]) - 6)), INFERENCE, scale)
     radius = max(1, round(3 * scale))
     for k, (x, y) in enumerate(face.landmarks):
-        color = NOSE if k in R.NOSE_LANDMARKS else LANDMARK
+        color = NOSE if k in region.NOSE_LANDMARKS else LANDMARK
         cv2.circle(out, (round(x), round(y)), radius, color, -1, cv2.LINE_AA)
         if numbers:
             _text(out, str(k), (round(x) + radius + 1, round(y) - radius), color, 0.6 * scale)
@@ -56,7 +56,7 @@ def draw_face(
 
 
 def _rect(image: np.ndarray, box: object, color: tuple[int, int, int], thick: int) -> None:
-    x1, y1, x2, y2 = (round(v) for v in R.as_box(box))
+    x1, y1, x2, y2 = (round(v) for v in region.as_box(box))
     cv2.rectangle(image, (x1, y1), (x2, y2), color, thick, cv2.LINE_AA)
 
 

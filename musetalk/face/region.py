@@ -30,8 +30,10 @@ REGION_VERSION = 1
 NOSE_LANDMARKS = (28, 29, 30)
 NOSE_TOP = 27  # start of the nose bridge: the nose length is lm30.y - lm27.y
 
-#: MuseTalk v1.5 adds this many pixels below the landmarks at inference; v1.0 adds none.
-EXTRA_MARGIN_V15 = 10
+#: Side of the square face crop the model inpaints (MuseTalk's 256x256).
+CROP_SIZE = 256
+#: Pixels added below the landmarks at inference, per MuseTalk version (v1.5: 10, v1.0: 0).
+EXTRA_MARGIN = {"v15": 10.0, "v1": 0.0}
 
 
 def as_box(box: object) -> np.ndarray:
@@ -115,8 +117,7 @@ def equivalent_shift(det_box: object, landmarks: object) -> float:
     = (det.y1 + max landmark y) / 2 - lm29.y. Positive means the training boundary was below
     landmark 29.
     """
-    lms = as_landmarks(landmarks)
-    return mask_upper_bound(training_box(det_box, lms)) - float(lms[29, 1])
+    return training_frame(det_box, landmarks).equivalent_shift
 
 
 def normalized_shift(shift_px: float, landmarks: object) -> float | None:
@@ -125,6 +126,40 @@ def normalized_shift(shift_px: float, landmarks: object) -> float | None:
     if not np.isfinite(length) or length <= 0:
         return None
     return float(shift_px) / length
+
+
+@dataclass(frozen=True)
+class TrainingFrame:
+    """What the seed's training box means for one frame: the statistics behind the 15/63/22
+    shares and `bbox_shift=auto`. Pixels of the original frame; shifts + = below landmark 29.
+
+    box: the training box; mask_upper_bound: its middle row; nearest_nose_landmark: 28, 29 or
+    30; equivalent_shift: the bbox_shift putting the inference boundary there; its value in
+    nose lengths (None when the nose length is not > 0); nose_length: lm30.y - lm27.y.
+    """
+
+    box: np.ndarray
+    mask_upper_bound: float
+    nearest_nose_landmark: int
+    equivalent_shift: float
+    equivalent_shift_norm: float | None
+    nose_length: float
+
+
+def training_frame(det_box: object, landmarks: object) -> TrainingFrame:
+    """The `TrainingFrame` of one frame's detector box and landmarks."""
+    lms = as_landmarks(landmarks)
+    box = training_box(det_box, lms)
+    bound = mask_upper_bound(box)
+    shift = bound - float(lms[29, 1])
+    return TrainingFrame(
+        box=box,
+        mask_upper_bound=bound,
+        nearest_nose_landmark=nearest_nose_landmark(bound, lms),
+        equivalent_shift=shift,
+        equivalent_shift_norm=normalized_shift(shift, lms),
+        nose_length=nose_length(lms),
+    )
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from pydantic import Field
 
 from musetalk.config import settings
 from musetalk.face.analyzer import Face, FaceAnalyzer, box_iou, check_frame
+from musetalk.timebase import FPS
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,6 @@ class TrackSummary:
     area_sum: float = 0.0  # sum over frames of the box area, square pixels
     ended: bool = False
 
-    @property
-    def mean_area(self) -> float:
-        """Mean box area over the track's frames, square pixels."""
-        return self.area_sum / max(1, self.frames)
-
 
 def main_track(summaries: Iterable[TrackSummary]) -> int | None:
     """Id of the main face: the largest total box area (size x persistence); None if none."""
@@ -93,7 +89,7 @@ class OneEuro:
     min_cutoff: float = 0.5
     beta: float = 20.0
     d_cutoff: float = 1.0
-    fps: float = 25.0
+    fps: float = FPS
 
     def __post_init__(self) -> None:
         if min(self.min_cutoff, self.d_cutoff, self.fps) <= 0 or self.beta < 0:
@@ -458,3 +454,25 @@ class FaceTracker:
         summary.detected_frames += int(step.detected)
         summary.area_sum += face.area
         return TrackedFace(track.id, face, step.detected, new, step.landmarks)
+
+
+def select_main_face(
+    per_frame: Iterable[list[tuple[int, np.ndarray, np.ndarray]]], main_id: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per frame, the main track's face, else the largest face of that frame.
+
+    per_frame: for each frame a list of (track id, landmarks (68, 2), detector box (4,)),
+    largest first. A speaker who gets a new track id after a scene cut is still lip-synced.
+    Returns landmarks (N, 68, 2), det_boxes (N, 4) (NaN without a face) and has_face (N,).
+    """
+    frames = list(per_frame)
+    n = len(frames)
+    landmarks = np.full((n, 68, 2), np.nan)
+    det_boxes = np.full((n, 4), np.nan)
+    has_face = np.zeros(n, bool)
+    for i, faces in enumerate(frames):
+        if not faces:
+            continue
+        chosen = next((f for f in faces if f[0] == main_id), faces[0])
+        landmarks[i], det_boxes[i], has_face[i] = chosen[1], chosen[2], True
+    return landmarks, det_boxes, has_face

@@ -1,2 +1,3 @@
-"""Inference: weights layouts, avatars (prepared sources and their cache), bbox_shift choice,
-and the `infer` job behind `python infer.py`. The pipeline itself is `musetalk.pipeline`."""
+"""Inference: weights layouts (`weights`), the bbox_shift choice (`shift`), prepared sources and
+their cache (`avatar`), the pipeline (`pipeline`) and the job behind `python infer.py` (`run`),
+in that order: each module imports only the ones before it."""

@@ -26,33 +26,22 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from musetalk.errors import NoFaceError, NotAMediaFile
-from musetalk.face import region as R
-from musetalk.face.blend import file_sha256
+from musetalk.errors import MuseTalkError
+from musetalk.face import region
+from musetalk.files import sha256_file
+from musetalk.inference.shift import ShiftChoice
 
-__all__ = [
-    "CACHE_FORMAT",
-    "IMAGE_EXTENSIONS",
-    "Avatar",
-    "AvatarCache",
-    "NoFaceError",
-    "is_image",
-    "ping_pong",
-    "read_image",
-    "region_arrays",
-]
+__all__ = ["CACHE_FORMAT", "Avatar", "AvatarCache", "CacheError", "ping_pong", "region_arrays"]
 
 CACHE_FORMAT = 1
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 META = "avatar.json"
 FRAMES = "frames.npy"
@@ -70,22 +59,6 @@ def ping_pong(k: int, n: int) -> int:
     return j if j < n else 2 * n - 2 - j
 
 
-def is_image(path: str | os.PathLike[str]) -> bool:
-    """Whether a path names a still image (by extension)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of an image file; FileNotFoundError / NotAMediaFile on failure."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise NotAMediaFile(path, "expected an image OpenCV can read")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 @dataclass
 class Avatar:
     """A prepared source. N frames of H x W; S = crop size (256); latents (8, S/8, S/8).
@@ -101,7 +74,7 @@ class Avatar:
     latents: (N, 8, S/8, S/8) float32 UNet inputs (masked crop latent, then the reference latent
         of the same crop), zeros without face.
     masks: (N, S, S) uint8 blend masks in crop coordinates (0 keeps the frame).
-    bbox_shift: pixels, as used; bbox_shift_reason: why (given / auto and its statistics).
+    shift: the bbox_shift used, why, and the video's adjustable range and geometric limits.
     info: provenance (the cache keys: video fingerprint, face backend, tracker, VAE, ...).
     cache_status: "none" (not cached), "created", "loaded" or "updated" (regions rebuilt).
     """
@@ -117,8 +90,7 @@ class Avatar:
     mask_upper_bound: np.ndarray
     latents: np.ndarray
     masks: np.ndarray
-    bbox_shift: float
-    bbox_shift_reason: str
+    shift: ShiftChoice
     extra_margin: float
     info: dict[str, Any] = field(default_factory=dict)
     cache_status: str = "none"
@@ -141,17 +113,26 @@ class Avatar:
         """Source frame shown at output frame k (ping-pong over the N frames)."""
         return ping_pong(k, len(self))
 
+    @property
+    def bbox_shift(self) -> float:
+        """The bbox_shift used, pixels of the frame."""
+        return self.shift.shift
+
+    @property
+    def bbox_shift_reason(self) -> str:
+        return self.shift.reason
+
     def main_landmarks(self) -> list[np.ndarray | None]:
         """Per frame, the (68, 2) landmarks of the main face or None."""
         return [lm if ok else None for lm, ok in zip(self.landmarks, self.has_face, strict=True)]
 
     def shift_range(self) -> tuple[float, float]:
-        """The geometric adjustable bbox_shift range (lo, hi) over the frames with a face, px."""
-        return R.shift_range(self.main_landmarks())
+        """The adjustable bbox_shift range (lo, hi) over the frames with a face, px."""
+        return self.shift.shift_range
 
     def range_line(self) -> str:
         """`Total frame: N  Manually adjust range: [lo ~ hi], the current value: s`."""
-        return R.format_shift_range(len(self), self.shift_range(), self.bbox_shift)
+        return self.shift.range_line()
 
 
 def region_arrays(
@@ -162,10 +143,10 @@ def region_arrays(
     extra_margin: float,
     frame_size: tuple[int, int],
 ) -> dict[str, np.ndarray]:
-    """Inference boxes of every frame with `region.inference_region` (the preprocessing math).
+    """Inference boxes of every frame with `box_info.inference_region` (the preprocessing math).
 
     Returns boxes (N, 4), rects (N, 4) int64, mask_upper_bound (N,) and has_face (N,) bool:
-    a face whose region is None (degenerate landmarks and detector box) counts as no face.
+    a face whose box_info is None (degenerate landmarks and detector box) counts as no face.
     """
     n = len(has_face)
     boxes = np.full((n, 4), np.nan)
@@ -173,23 +154,23 @@ def region_arrays(
     bounds = np.full(n, np.nan)
     usable = np.zeros(n, bool)
     for i in np.flatnonzero(has_face):
-        region = R.inference_region(
+        box_info = region.inference_region(
             landmarks[i], bbox_shift, extra_margin, frame_size=frame_size, det_box=det_boxes[i]
         )
-        if region is None:
+        if box_info is None:
             continue
         try:
-            rects[i] = R.pixel_rect(region.box, frame_size)
+            rects[i] = region.pixel_rect(box_info.box, frame_size)
         except ValueError:
             continue
-        boxes[i], bounds[i], usable[i] = region.box, region.mask_upper_bound, True
+        boxes[i], bounds[i], usable[i] = box_info.box, box_info.mask_upper_bound, True
     return {"boxes": boxes, "rects": rects, "mask_upper_bound": bounds, "has_face": usable}
 
 
 def video_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Size and sha256 of a file's bytes: what the cache compares (not its name or mtime)."""
     path = Path(path)
-    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def key_digest(key: dict[str, Any]) -> str:
@@ -198,27 +179,84 @@ def key_digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class CacheError(MuseTalkError):
+    """An avatar cache that cannot be used as it is (missing, damaged, another format)."""
+
+
 class AvatarCache:
-    """One avatar's files in `directory`; see the module docstring for the layout and keys."""
+    """One avatar's files in `directory`; see the module docstring for the layout and keys.
+
+    The keys (`faces_key`, `regions_key`) say what each part was made from; a part whose key
+    differs from the stored one is stale and rebuilt.
+    """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.dir = Path(directory).expanduser()
 
-    def meta(self) -> dict[str, Any] | None:
-        """The avatar.json contents, or None when there is no finished cache."""
+    @staticmethod
+    def faces_key(
+        video: Path, fps: float, max_frames: int | None, face: dict[str, Any], tracking: Any
+    ) -> dict[str, Any]:
+        """What the frames and tracked faces depend on: the video's bytes, the frame rate and
+        limit, the face backend (name, version, settings) and the tracker settings."""
+        return _jsonable(
+            {
+                "video": video_fingerprint(video),
+                "fps": float(fps),
+                "max_frames": max_frames,
+                "face": face,
+                "tracking": tracking,
+                "region_version": region.REGION_VERSION,
+            }
+        )
+
+    @staticmethod
+    def regions_key(
+        faces_key: dict[str, Any],
+        shift: float,
+        extra_margin: float,
+        vae_sha256: str,
+        dtype: str,
+        blend: dict[str, Any],
+    ) -> dict[str, Any]:
+        """What the boxes, latents and masks depend on beyond the faces: the resolved
+        bbox_shift, the extra margin, the crop size, the VAE encoder, dtype and blend."""
+        return _jsonable(
+            {
+                "faces": key_digest(faces_key),
+                "bbox_shift": shift,
+                "extra_margin": extra_margin,
+                "crop_size": region.CROP_SIZE,
+                "vae": vae_sha256,
+                "dtype": dtype,
+                "blend": blend,
+            }
+        )
+
+    def read_meta(self) -> dict[str, Any]:
+        """The avatar.json contents; CacheError when there is no finished cache of this
+        format."""
         path = self.dir / META
         if not path.is_file():
-            return None
+            raise CacheError(f"{path}: no finished avatar cache")
         try:
             meta = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            return None
-        return meta if isinstance(meta, dict) and meta.get("format") == CACHE_FORMAT else None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CacheError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise CacheError(f"{path}: cache format {found!r}, this version writes {CACHE_FORMAT}")
+        return meta
+
+    def _meta_if(self, part: str, key: dict[str, Any]) -> bool:
+        try:
+            return self.read_meta().get(part) == _jsonable(key)
+        except CacheError:
+            return False
 
     def load_faces(self, key: dict[str, Any]) -> dict[str, np.ndarray] | None:
         """frames (memory-mapped, read-only), has_face, landmarks, det_boxes; None if stale."""
-        meta = self.meta()
-        if meta is None or meta.get("faces_key") != _jsonable(key):
+        if not self._meta_if("faces_key", key):
             return None
         try:
             frames = np.load(self.dir / FRAMES, mmap_mode="r", allow_pickle=False)
@@ -233,8 +271,7 @@ class AvatarCache:
 
     def load_regions(self, key: dict[str, Any]) -> dict[str, np.ndarray] | None:
         """boxes, rects, mask_upper_bound, latents, masks, has_face; None if stale."""
-        meta = self.meta()
-        if meta is None or meta.get("regions_key") != _jsonable(key):
+        if not self._meta_if("regions_key", key):
             return None
         try:
             arrays = load_file(str(self.dir / REGIONS))
@@ -307,25 +344,3 @@ def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-
-
-def select_main_face(
-    per_frame: Iterable[list[tuple[int, np.ndarray, np.ndarray]]], main_id: int | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per frame, the main track's face, else the largest face of that frame.
-
-    per_frame: for each frame a list of (track id, landmarks (68, 2), detector box (4,)),
-    largest first. A speaker who gets a new track id after a scene cut is still lip-synced.
-    Returns landmarks (N, 68, 2), det_boxes (N, 4) (NaN without a face) and has_face (N,).
-    """
-    frames = list(per_frame)
-    n = len(frames)
-    landmarks = np.full((n, 68, 2), np.nan)
-    det_boxes = np.full((n, 4), np.nan)
-    has_face = np.zeros(n, bool)
-    for i, faces in enumerate(frames):
-        if not faces:
-            continue
-        chosen = next((f for f in faces if f[0] == main_id), faces[0])
-        landmarks[i], det_boxes[i], has_face[i] = chosen[1], chosen[2], True
-    return landmarks, det_boxes, has_face

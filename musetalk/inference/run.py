@@ -15,17 +15,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import AfterValidator, Field
 
-from musetalk.audio import SAMPLE_RATE, load_audio, num_frames_for
+from musetalk.audio import load_audio, num_frames_for
 from musetalk.config import Device, settings
 from musetalk.errors import ConfigError, InputError, InputNotFoundError, OutputRefusedError
 from musetalk.face.analyzer import check_face
 from musetalk.face.tracking import INFERENCE_TRACKING, TrackingOptions
-from musetalk.inference.avatar import is_image
+from musetalk.inference.avatar import Avatar
+from musetalk.inference.pipeline import MuseTalkPipeline
 from musetalk.inference.shift import parse_bbox_shift
 from musetalk.inference.weights import normalize_version
-from musetalk.pipeline import MuseTalkPipeline
+from musetalk.timebase import FPS, SAMPLE_RATE
+from musetalk.video import is_image
 
 __all__ = [
     "BlendOptions",
@@ -35,8 +38,6 @@ __all__ = [
     "build_pipeline",
     "infer",
 ]
-
-VIDEO_FPS = 25
 
 
 @settings
@@ -104,7 +105,7 @@ class InferenceConfig:
     batch_size: Annotated[int, Field(ge=1)] = 8
     fp16: bool = False
     device: Device = "cpu"
-    fps: Annotated[float, Field(gt=0, le=240)] = 25
+    fps: Annotated[float, Field(gt=0, le=240)] = FPS
     audio_positional_encoding: bool | None = None
     audio_seconds: Annotated[float, Field(gt=0)] | None = None
     avatar_cache: str | None = None
@@ -172,24 +173,12 @@ def infer(config: InferenceConfig, pipeline: MuseTalkPipeline | None = None) -> 
 
     pipeline: reuse already loaded models (else built from the config).
     """
-    from musetalk.video import VideoWriter
-
     start = time.perf_counter()
-    video, output = Path(config.video), Path(config.output)
-    if not video.is_file():
-        raise InputNotFoundError(f"video not found: {video}")
-    if output.suffix.lower() != ".mp4":
-        raise ConfigError(f"output={str(output)!r}: must be an .mp4 file")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputRefusedError(
-            f"output={config.output!r}: cannot create its directory ({exc})"
-        ) from None
+    video, output = _check_paths(config)
     audio = load_audio(config.audio, SAMPLE_RATE)
     if config.audio_seconds is not None:
         audio = audio[: round(config.audio_seconds * SAMPLE_RATE)]
-    fps = float(config.fps) if is_image(video) else VIDEO_FPS
+    fps = float(config.fps) if is_image(video) else FPS
     needed = num_frames_for(len(audio), SAMPLE_RATE, fps)
     if needed == 0:
         raise InputError(f"{config.audio}: audio shorter than one frame ({1 / fps:.3f} s)")
@@ -206,28 +195,12 @@ def infer(config: InferenceConfig, pipeline: MuseTalkPipeline | None = None) -> 
         auto_stats=config.auto_stats,
         progress=config.progress,
     )
-    range_line = avatar.range_line()
-    print(range_line, flush=True)
+    print(avatar.range_line(), flush=True)
     print(avatar.bbox_shift_reason, flush=True)
     if avatar.cache_status != "none":
         print(f"avatar cache {config.avatar_cache}: {avatar.cache_status}", flush=True)
     prefetch = 2 * pipe.batch_size if config.prefetch is None else config.prefetch
-    bar = None
-    if config.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=needed, desc="frames", unit="frame")
-    written = 0
-    with VideoWriter(output, fps=fps, audio=audio, sr=SAMPLE_RATE) as writer:
-        for frame in pipe.generate(avatar, audio, prefetch=prefetch):
-            with pipe.timings("encode"):
-                writer.write(frame)
-            written += 1
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    seconds = time.perf_counter() - start
+    written = _write_video(pipe, avatar, audio, output, fps, prefetch, config.progress)
     shown = [avatar.source_index(k) for k in range(written)]
     result = InferenceResult(
         output=str(output),
@@ -236,27 +209,80 @@ def infer(config: InferenceConfig, pipeline: MuseTalkPipeline | None = None) -> 
         source_frames=len(avatar),
         bbox_shift=avatar.bbox_shift,
         bbox_shift_reason=avatar.bbox_shift_reason,
-        range_line=range_line,
-        seconds=seconds,
+        range_line=avatar.range_line(),
+        seconds=time.perf_counter() - start,
         timings=pipe.timings.as_dict(),
     )
+    _write_sidecar(config, pipe, avatar, result)
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
+    print(
+        f"wrote {output}: {written} frames ({written / fps:.2f} s at {fps:g} fps), "
+        f"{result.frames_with_face} with a face, from {len(set(shown))} source frames, "
+        f"in {result.seconds:.1f} s ({written / result.seconds:.1f} frames/s); "
+        f"stage seconds: {stages}",
+        flush=True,
+    )
+    return result
+
+
+def _check_paths(config: InferenceConfig) -> tuple[Path, Path]:
+    """The video (it exists) and the output (.mp4, its directory created)."""
+    video, output = Path(config.video), Path(config.output)
+    if not video.is_file():
+        raise InputNotFoundError(f"video not found: {video}")
+    if output.suffix.lower() != ".mp4":
+        raise ConfigError(f"output={str(output)!r}: must be an .mp4 file")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputRefusedError(
+            f"output={config.output!r}: cannot create its directory ({exc})"
+        ) from None
+    return video, output
+
+
+def _write_video(
+    pipe: MuseTalkPipeline,
+    avatar: Avatar,
+    audio: np.ndarray,
+    output: Path,
+    fps: float,
+    prefetch: int,
+    progress: bool,
+) -> int:
+    """Generate and encode the frames with the audio into `output`; returns the frame count."""
+    from tqdm import tqdm
+
+    from musetalk.video import VideoWriter
+
+    total = num_frames_for(len(audio), SAMPLE_RATE, fps)
+    written = 0
+    with (
+        tqdm(total=total, desc="frames", unit="frame", disable=not progress) as bar,
+        VideoWriter(output, fps=fps, audio=audio, sr=SAMPLE_RATE) as writer,
+    ):
+        for frame in pipe.generate(avatar, audio, prefetch=prefetch):
+            with pipe.timings("encode"):
+                writer.write(frame)
+            written += 1
+            bar.update(1)
+    return written
+
+
+def _write_sidecar(
+    config: InferenceConfig, pipe: MuseTalkPipeline, avatar: Avatar, result: InferenceResult
+) -> None:
+    """`<output>.json`: the settings, the model, the shift as requested and as used, timings."""
+    output = Path(result.output)
     sidecar = {
         "config": asdict(config),
         "model": pipe.model_info,
         "extra_margin": avatar.extra_margin,
         "audio_positional_encoding": pipe.audio_positional_encoding,
+        "bbox_shift_requested": avatar.shift.requested,
         "result": asdict(result),
     }
     text = json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n"
     tmp = output.with_name(f".{output.name}.json.tmp")
     tmp.write_text(text)
     os.replace(tmp, output.with_name(output.name + ".json"))
-    stages = ", ".join(f"{k} {v:.2f}" for k, v in sorted(result.timings.items()))
-    print(
-        f"wrote {output}: {written} frames ({written / fps:.2f} s at {fps:g} fps), "
-        f"{result.frames_with_face} with a face, from {len(set(shown))} source frames, "
-        f"in {seconds:.1f} s "
-        f"({written / seconds:.1f} frames/s); stage seconds: {stages}",
-        flush=True,
-    )
-    return result

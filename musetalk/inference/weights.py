@@ -18,19 +18,25 @@ Missing files raise `MissingWeightsError` naming the file and the layout that wa
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from musetalk.audio.whisper import DEFAULT_WHISPER, check_whisper_dir
 from musetalk.errors import MissingWeightsError
+from musetalk.files import looks_local
+from musetalk.models.export import (
+    TRAINING_INFO,
+    WEIGHTS_PTH,
+    WEIGHTS_SAFETENSORS,
+    read_training_info,
+)
+from musetalk.models.unet import CONFIG_NAME
+from musetalk.models.vae import DEFAULT_VAE, check_vae_dir
 
 __all__ = [
-    "DEFAULT_VAE",
-    "DEFAULT_WHISPER",
-    "EXTRA_MARGIN",
-    "TRAINING_INFO",
     "MissingWeightsError",
     "ModelFiles",
     "export_files",
@@ -38,14 +44,9 @@ __all__ = [
     "released_files",
 ]
 
-DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
-DEFAULT_WHISPER = "openai/whisper-tiny"
-TRAINING_INFO = "training.json"
 
 #: (subdirectory, weights file) of the released UNet per version.
 RELEASED_UNET = {"v15": ("musetalkV15", "unet.pth"), "v1": ("musetalk", "pytorch_model.bin")}
-#: Pixels MuseTalk adds below the landmarks at inference, per version.
-EXTRA_MARGIN = {"v15": 10, "v1": 0}
 _VERSION_NAMES = {"v15": "v15", "v1.5": "v15", "1.5": "v15", "v1": "v1", "v1.0": "v1", "1.0": "v1"}
 
 
@@ -106,37 +107,12 @@ def _require(path: Path, layout: str) -> Path:
     return path
 
 
-def _require_any(directory: Path, names: tuple[str, ...], layout: str) -> None:
-    if not any((directory / n).is_file() for n in names):
-        wanted = " or ".join(str(directory / n) for n in names)
-        raise MissingWeightsError(f"missing weight file {wanted}\nexpected {layout}")
-
-
-def check_vae_dir(path: Path, layout: str) -> None:
-    """A diffusers AutoencoderKL directory: config.json + weights."""
-    _require(path / "config.json", layout)
-    _require_any(
-        path, ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"), layout
-    )
-
-
-def check_whisper_dir(path: Path, layout: str) -> None:
-    """An HF Whisper directory; MuseTalk 1.0's openai-whisper `tiny.pt` gets its own message."""
-    if (path / "tiny.pt").is_file() and not (path / "config.json").is_file():
-        raise MissingWeightsError(
-            f"{path} holds tiny.pt (MuseTalk 1.0's openai-whisper checkpoint); this framework "
-            f"reads the Hugging Face layout: put openai/whisper-tiny (config.json, "
-            f"preprocessor_config.json, model.safetensors or pytorch_model.bin) in {path}, as "
-            f"MuseTalk 1.5's download script does\nexpected {layout}"
-        )
-    _require(path / "config.json", layout)
-    _require(path / "preprocessor_config.json", layout)
-    _require_any(path, ("model.safetensors", "pytorch_model.bin"), layout)
-
-
-def _is_local(source: str) -> bool:
-    path = Path(source).expanduser()
-    return path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
+def _check_dir(check: Callable[[Path], None], source: str, layout: str) -> None:
+    """A VAE / Whisper directory check, with the layout that was expected in the message."""
+    try:
+        check(Path(source).expanduser())
+    except MissingWeightsError as exc:
+        raise MissingWeightsError(f"{exc}\nexpected {layout}") from None
 
 
 def released_files(
@@ -156,13 +132,13 @@ def released_files(
         raise MissingWeightsError(f"models directory not found: {root}\nexpected {layout}")
     sub, weights = RELEASED_UNET[version]
     unet_weights = _require(root / sub / weights, layout)
-    unet_config = _require(root / sub / "musetalk.json", layout)
+    unet_config = _require(root / sub / CONFIG_NAME, layout)
     vae_source = str(root / "sd-vae") if vae is None else str(vae)
     whisper_source = str(root / "whisper") if whisper is None else str(whisper)
-    if vae is None or _is_local(vae_source):
-        check_vae_dir(Path(vae_source).expanduser(), layout)
-    if whisper is None or _is_local(whisper_source):
-        check_whisper_dir(Path(whisper_source).expanduser(), layout)
+    if vae is None or looks_local(vae_source):
+        _check_dir(check_vae_dir, vae_source, layout)
+    if whisper is None or looks_local(whisper_source):
+        _check_dir(check_whisper_dir, whisper_source, layout)
     return ModelFiles(
         unet_weights, unet_config, vae_source, whisper_source, "released", version, {}
     )
@@ -173,7 +149,7 @@ def _recorded(value: Any, default: str) -> str:
     existing local directory), else `default`."""
     if not isinstance(value, str) or not value:
         return default
-    if Path(value).expanduser().is_dir() or not _is_local(value):
+    if Path(value).expanduser().is_dir() or not looks_local(value):
         return value
     return default
 
@@ -191,27 +167,21 @@ def export_files(
     root = Path(export_dir).expanduser()
     layout = (
         "a training export:\n"
-        f"  {root}/unet.safetensors (or unet.pth)\n"
-        f"  {root}/musetalk.json\n"
+        f"  {root}/{WEIGHTS_SAFETENSORS} (or {WEIGHTS_PTH})\n"
+        f"  {root}/{CONFIG_NAME}\n"
         f"  {root}/{TRAINING_INFO} (optional: audio_positional_encoding, shift_stats)"
     )
     if not root.is_dir():
         raise MissingWeightsError(f"export directory not found: {root}\nexpected {layout}")
-    _require_any(root, ("unet.safetensors", "unet.pth"), layout)
-    safetensors = root / "unet.safetensors"
-    unet_weights = safetensors if safetensors.is_file() else root / "unet.pth"
-    unet_config = _require(root / "musetalk.json", layout)
-    training: dict[str, Any] = {}
-    info = root / TRAINING_INFO
-    if info.is_file():
-        training = json.loads(info.read_text())
-        if not isinstance(training, dict):
-            raise ValueError(f"{info}: expected a JSON object, got {type(training).__name__}")
+    safetensors = root / WEIGHTS_SAFETENSORS
+    unet_weights = _require(safetensors if safetensors.is_file() else root / WEIGHTS_PTH, layout)
+    unet_config = _require(root / CONFIG_NAME, layout)
+    training = read_training_info(root) or {}
     vae = str(vae) if vae is not None else _recorded(training.get("vae"), DEFAULT_VAE)
     whisper = (
         str(whisper) if whisper is not None else _recorded(training.get("whisper"), DEFAULT_WHISPER)
     )
     for source, check in ((vae, check_vae_dir), (whisper, check_whisper_dir)):
-        if _is_local(source):
-            check(Path(source).expanduser(), f"a local directory for {source}")
+        if looks_local(source):
+            _check_dir(check, source, f"a local directory for {source}")
     return ModelFiles(unet_weights, unet_config, vae, whisper, "export", "v15", training)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from musetalk.face.backends.weights import fetch_weights
+from musetalk.files import fetch_weights
 
 #: torchvision's ImageNet VGG19 (the file MuseTalk's `models.vgg19(pretrained=True)` loads).
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from musetalk.face.backends.weights import fetch_weights
+from musetalk.files import fetch_weights
 
 #: LatentSync's `configs/syncnet/syncnet_16_pixel.yaml` (the one MuseTalk trains with).
 LATENTSYNC_SYNCNET: dict[str, dict[str, Any]] = {

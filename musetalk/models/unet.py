@@ -63,9 +63,7 @@ TINY_UNET = {
     "sample_size": 32,
 }
 
-CONFIG_NAME = "musetalk.json"
-WEIGHTS_PTH = "unet.pth"
-WEIGHTS_SAFETENSORS = "unet.safetensors"
+CONFIG_NAME = "musetalk.json"  # the constructor arguments, next to the weights
 
 
 def unet_kwargs(config: dict[str, Any]) -> dict[str, Any]:
@@ -134,6 +132,23 @@ def read_weights(path: str | Path) -> Any:
         ) from None
 
 
+def read_unet_config(path: str | Path) -> dict[str, Any]:
+    """A `musetalk.json` (the UNet's constructor arguments), checked to be one."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"UNet config not found: {path} (expected musetalk.json next to the weights)"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    needed = ("in_channels", "out_channels", "block_out_channels", "cross_attention_dim")
+    if not isinstance(config, dict) or any(k not in config for k in needed):
+        raise CheckpointError(f"{path}: not a MuseTalk UNet config (needs {', '.join(needed)})")
+    return config
+
+
 def load_unet(
     weights: str | Path, config: str | Path | dict[str, Any] | None = None
 ) -> UNet2DConditionModel:
@@ -144,12 +159,7 @@ def load_unet(
     if config is None:
         config = weights.parent / CONFIG_NAME
     if not isinstance(config, dict):
-        config_path = Path(config)
-        if not config_path.is_file():
-            raise MissingWeightsError(
-                f"UNet config not found: {config_path} (expected musetalk.json next to the weights)"
-            )
-        config = json.loads(config_path.read_text())
+        config = read_unet_config(config)
     unet = build_unet(config)
     state = read_state_dict(weights)
     expected = unet.state_dict()
@@ -171,17 +181,3 @@ def load_unet(
         raise CheckpointError(f"{weights} does not match the UNet config: " + "; ".join(details))
     unet.load_state_dict(state, strict=True)
     return unet
-
-
-def export_unet(unet: UNet2DConditionModel, out_dir: str | Path) -> Path:
-    """Write `unet.pth`, `unet.safetensors` and `musetalk.json` (the released MuseTalk format)."""
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
-    torch.save(state, out / WEIGHTS_PTH)
-    save_file(state, str(out / WEIGHTS_SAFETENSORS))
-    config = unet_kwargs(dict(unet.config))  # every constructor argument, explicit
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return out

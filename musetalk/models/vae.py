@@ -8,6 +8,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from musetalk.errors import MissingWeightsError
+from musetalk.files import looks_local, require_files
 
 SCALING_FACTOR = 0.18215
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
@@ -26,16 +27,20 @@ TINY_VAE = {
 }
 
 
+def check_vae_dir(path: Path) -> None:
+    """A diffusers AutoencoderKL directory: config.json + weights."""
+    weights = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+    require_files(path, [("config.json",), weights], "VAE")
+
+
 def load_vae(source: str | Path = DEFAULT_VAE, subfolder: str | None = None) -> AutoencoderKL:
     """An AutoencoderKL from a local diffusers dir (config.json + weights) or an HF id.
 
     Local paths always work offline; HF ids download on machines with network. Weights load
     through diffusers (safetensors, or torch.load with weights_only for .bin).
     """
-    path = Path(source)
-    looks_local = path.exists() or str(source).startswith((".", "/", "~"))
-    if looks_local and not (path / (subfolder or "") / "config.json").is_file():
-        raise MissingWeightsError(f"VAE not found: {path} needs config.json and weights")
+    if looks_local(source):
+        check_vae_dir(Path(source).expanduser() / (subfolder or ""))
     try:
         vae = AutoencoderKL.from_pretrained(str(source), subfolder=subfolder)
     except OSError as exc:

@@ -1,25 +1,18 @@
-"""Training: the shard DataModule (batch contract: `musetalk.training.data`), reference rules."""
+"""Training: shard clips (batch contract: `musetalk.training.clips`), the DataModule, the
+LightningModule, callbacks and the run helpers."""
 
-from musetalk.training.data import (
-    ClipOptions,
-    ShardClips,
-    TalkingFaceDataModule,
-    context_box,
-    log_mel,
-    make_clips,
-    mel_window,
-    wav_audio_windows,
-)
+from musetalk.training.clips import ClipOptions, collate, make_clips, wav_audio_windows
+from musetalk.training.crops import context_box
+from musetalk.training.data import ShardClips, TalkingFaceDataModule
 from musetalk.training.reference import pose_mouth_descriptors, select_references, v15_candidates
 
 __all__ = [
     "ClipOptions",
     "ShardClips",
     "TalkingFaceDataModule",
+    "collate",
     "context_box",
-    "log_mel",
     "make_clips",
-    "mel_window",
     "pose_mouth_descriptors",
     "select_references",
     "v15_candidates",

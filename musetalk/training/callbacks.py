@@ -3,7 +3,6 @@ and a per-rank log of the samples each batch came from."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,35 +12,24 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
-from musetalk.models import export_unet
+from musetalk.data.output import STATS
+from musetalk.data.summary import load_stats
+from musetalk.models.export import export_unet, write_training_info
 
-__all__ = ["ExportUNet", "ImageGrid", "SampleLog", "Throughput", "image_grid", "read_shift_stats"]
-
-#: Export sidecar: the training settings inference must repeat (read by musetalk.inference).
-TRAINING_INFO = "training.json"
-
-
-def read_shift_stats(source: str | Path | None) -> dict[str, Any] | None:
-    """A preprocess output's stats.json (given as the file or its directory), None when there is
-    none or it lacks the equivalent-shift median that `bbox_shift=auto` uses."""
-    if source is None or not isinstance(source, (str, Path)):
-        return None
-    path = Path(source)
-    path = path / "stats.json" if path.is_dir() else path
-    if path.name != "stats.json" or not path.is_file():
-        return None
-    stats = json.loads(path.read_text())
-    norm = stats.get("equivalent_shift_norm") if isinstance(stats, dict) else None
-    return stats if isinstance(norm, Mapping) and "q50" in norm else None
+__all__ = ["ExportUNet", "ImageGrid", "SampleLog", "Throughput", "image_grid"]
 
 
 class ExportUNet(L.Callback):
     """Write the UNet in MuseTalk's released format when training ends (and, with
     `every_checkpoint`, whenever a checkpoint is saved): `unet.pth`, `unet.safetensors`,
     `musetalk.json` (loadable with `UNet2DConditionModel(**json)`) and `training.json`
-    (audio_positional_encoding, step, and the training data's `shift_stats` for
-    `bbox_shift=auto` when `shift_stats` names a preprocess output or its stats.json).
+    (audio_positional_encoding, step, the VAE and Whisper used, and the training data's
+    `shift_stats` for `bbox_shift=auto`). shift_stats: a preprocess output or its stats.json,
+    read now with `musetalk.data.summary.load_stats` (an unusable one stops training before it
+    starts); a location without a stats.json (e.g. copied tars) gives an export without
+    statistics, said in a printed warning and in training.json's `shift_stats_note`.
     """
 
     def __init__(
@@ -49,7 +37,17 @@ class ExportUNet(L.Callback):
     ) -> None:
         self.dirpath = Path(dirpath)
         self.every_checkpoint = every_checkpoint
-        self.shift_stats = shift_stats
+        self.shift_stats: dict[str, Any] | None = None
+        self.shift_stats_note: str | None = None
+        path = Path(str(shift_stats)) if shift_stats is not None else None
+        if path is not None and (path.is_file() or (path / STATS).is_file()):
+            self.shift_stats = load_stats(path)
+        elif path is not None:
+            self.shift_stats_note = (
+                f"{shift_stats} holds no stats.json (not a preprocess output): the export has no "
+                "shift_stats, so bbox_shift=auto with it needs auto_stats=<stats.json>"
+            )
+            rank_zero_warn(self.shift_stats_note)
 
     def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
         out = export_unet(pl_module.unet, self.dirpath)
@@ -61,12 +59,11 @@ class ExportUNet(L.Callback):
             "vae": pl_module.vae.config.get("_name_or_path") or None,
             "whisper": pl_module.audio_encoder.config.name_or_path or None,
         }
-        stats = read_shift_stats(self.shift_stats)
-        if stats is not None:
-            info["shift_stats"] = stats
-        tmp = out / f".{TRAINING_INFO}.tmp"
-        tmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
-        tmp.replace(out / TRAINING_INFO)
+        if self.shift_stats is not None:
+            info["shift_stats"] = self.shift_stats
+        elif self.shift_stats_note is not None:
+            info["shift_stats_note"] = self.shift_stats_note
+        write_training_info(out, info)
         return out
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

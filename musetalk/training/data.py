@@ -8,40 +8,7 @@ into the context crop, the training box (or, with bbox_shift augmentation, the i
 computed there and cropped with `region.crop`, the same code inference uses. The inpainting mask
 is not applied here: the LightningModule applies `musetalk.models.masking.mask_lower_half`.
 
-Batch contract (B = batch size, F = frames_per_sample, S = crop_size):
-
-====================  ======================  ===================================================
-key                   shape, dtype            meaning
-====================  ======================  ===================================================
-``key``               list[str] (B)           sample keys
-``target``            (B, F, 3, S, S) f32     training crops of frames t0 .. t0 + F - 1, in [-1, 1]
-``reference``         (B, F, 3, S, S) f32     one reference crop per target frame, same sample,
-                                              >= min_reference_gap frames away, in [-1, 1]
-``target_index``      (B, F) int64            frame indices of the targets within the sample
-``reference_index``   (B, F) int64            frame indices of the references within the sample
-``mouth_box``         (B, F, 4) f32           lips 48-67 extent grown by mouth_margin, (x1, y1,
-                                              x2, y2) in S x S crop pixels (for the mouth
-                                              discriminator), clipped to [0, S]
-``bottom_margin``     (B,) f32                bottom-margin augmentation of the clip, pixels of
-                                              the original frame (0 when off)
-``shift_norm``        (B,) f32                bbox_shift augmentation of the clip in nose lengths
-                                              (NaN: the training box was used)
-``audio``             (B, F, 10 L, d) f32     cached-features mode: Whisper windows of the target
-                                              frames, `audio_windows(features, F, start_frame=t0)`
-                                              (L = 5, d = 384 for whisper-tiny)
-``audio_wav``         (B, 480000) f32         wav mode: the sample's 16 kHz audio, zero padded to
-                                              30 s (sample frame 0 at sample 0)
-``audio_samples``     (B,) int64              wav mode: the sample's own audio length (samples)
-``frame_index``       (B, F) int64            wav mode: = target_index, for the windows
-``mel``               (B, 80, ceil(3.2 F)) f32  sync_mel only: log-mel of the clip's audio in
-                                              [-4, 4] (52 frames for F = 16), see `log_mel`
-====================  ======================  ===================================================
-
-Audio: with cached features (`audio_features="cached"`, or "auto" on shards preprocessed with
-`audio.features=whisper`) the windows are computed here. Otherwise (`"wav"`) the module encodes
-``audio_wav`` on its device and calls `wav_audio_windows(features, audio_samples, frame_index)`,
-which cuts the features to the sample's own length and windows them with the same
-`audio_windows`, so both paths give the same tokens.
+The batch contract (keys, shapes, meanings) is in `musetalk.training.clips`.
 
 Loading: plain `webdataset` stages with `musetalk.data.reader.decode_sample` (no pickles; unknown
 schema/region versions refused). Training draws shards with replacement (`ResampledShards`),
@@ -60,9 +27,8 @@ import functools
 import itertools
 import math
 import random
-import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 import cv2
@@ -73,402 +39,14 @@ import webdataset as wds
 from pydantic import ConfigDict, Field, validate_call
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from musetalk.audio.windows import audio_windows, num_steps_for
-from musetalk.data.reader import decode_image, decode_sample, raw_samples, resolve_shards
-from musetalk.data.schema import FPS, SAMPLE_RATE, frame_member
+from musetalk.data.reader import decode_sample, raw_samples, resolve_shards
 from musetalk.errors import ConfigError, ShardError
-from musetalk.face import region as R
 from musetalk.training.bad_data import BadDataLog
-from musetalk.training.reference import REFERENCE_RULES, select_references
+from musetalk.training.clips import ClipOptions, collate, train_clips, val_clips
 
-__all__ = [
-    "AUDIO_MODES",
-    "WAV_SAMPLES",
-    "ClipOptions",
-    "ShardClips",
-    "TalkingFaceDataModule",
-    "collate",
-    "context_box",
-    "log_mel",
-    "make_clips",
-    "mel_window",
-    "wav_audio_windows",
-]
+__all__ = ["AUDIO_MODES", "ShardClips", "TalkingFaceDataModule"]
 
 AUDIO_MODES = ("auto", "cached", "wav")
-WAV_SAMPLES = 30 * SAMPLE_RATE  # audio_wav length: one 30 s Whisper window
-IMAGE_FIELDS = ("target", "reference")
-MAX_SKIPPED = 1000  # consecutive unusable samples before a training stream gives up
-
-# Log-mel for the SyncNet loss: Wav2Lip / LatentSync audio hparams (configs/audio.yaml there).
-MEL_BINS = 80
-MEL_N_FFT = 800
-MEL_HOP = 200  # 12.5 ms: 80 mel frames per second, 3.2 per video frame
-MEL_WIN = 800
-MEL_FMIN = 55.0
-MEL_FMAX = 7600.0
-MEL_PREEMPHASIS = 0.97
-MEL_MIN_LEVEL_DB = -100.0
-MEL_REF_LEVEL_DB = 20.0
-MEL_MAX_ABS = 4.0
-MEL_PER_FRAME = SAMPLE_RATE / MEL_HOP / FPS  # 3.2
-
-
-# --------------------------------------------------------------------------- audio
-
-
-@functools.cache
-def _mel_basis() -> torch.Tensor:
-    from transformers.audio_utils import mel_filter_bank
-
-    bank = mel_filter_bank(
-        num_frequency_bins=MEL_N_FFT // 2 + 1,
-        num_mel_filters=MEL_BINS,
-        min_frequency=MEL_FMIN,
-        max_frequency=MEL_FMAX,
-        sampling_rate=SAMPLE_RATE,
-        norm="slaney",
-        mel_scale="slaney",
-    )  # (401, 80), librosa.filters.mel's defaults
-    return torch.from_numpy(bank.T.astype(np.float32))
-
-
-def log_mel(audio: np.ndarray) -> np.ndarray:
-    """(80, N // 200 + 1) float32 log-mel in [-4, 4] of (N,) 16 kHz audio (SyncNet input).
-
-    Wav2Lip/LatentSync `melspectrogram`: pre-emphasis 0.97, |STFT| (n_fft 800, hann window 800,
-    hop 200, centred with zero padding), Slaney mel filters 55-7600 Hz, 20 log10(max(1e-5, x))
-    - 20 dB, then (db + 100) / 100 mapped to [-4, 4] and clipped. Mel frame k is centred on
-    sample 200 k, i.e. 80 frames per second.
-    """
-    x = np.asarray(audio, dtype=np.float32)
-    if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"expected (N,) mono audio, got shape {x.shape}")
-    x = np.concatenate([x[:1], x[1:] - MEL_PREEMPHASIS * x[:-1]])
-    spec = torch.stft(
-        torch.from_numpy(x),
-        n_fft=MEL_N_FFT,
-        hop_length=MEL_HOP,
-        win_length=MEL_WIN,
-        window=torch.hann_window(MEL_WIN),
-        center=True,
-        pad_mode="constant",
-        return_complex=True,
-    ).abs()
-    mel = _mel_basis() @ spec
-    min_level = 10.0 ** (MEL_MIN_LEVEL_DB / 20.0)
-    db = 20.0 * torch.log10(mel.clamp_min(min_level)) - MEL_REF_LEVEL_DB
-    scaled = 2 * MEL_MAX_ABS * (db - MEL_MIN_LEVEL_DB) / -MEL_MIN_LEVEL_DB - MEL_MAX_ABS
-    return scaled.clamp(-MEL_MAX_ABS, MEL_MAX_ABS).numpy()
-
-
-def mel_window(mel: np.ndarray, start_frame: int, num_frames: int) -> np.ndarray:
-    """(80, ceil(3.2 num_frames)) mel frames of video frames [start_frame, +num_frames).
-
-    Starts at mel frame int(3.2 start_frame) (LatentSync's `crop_audio_window`); frames past the
-    end of `mel` are filled with the floor value -4.
-    """
-    length = math.ceil(num_frames * MEL_PER_FRAME - 1e-9)
-    start = int(start_frame * MEL_PER_FRAME + 1e-9)
-    out = np.full((mel.shape[0], length), -MEL_MAX_ABS, dtype=np.float32)
-    part = mel[:, start : start + length]
-    out[:, : part.shape[1]] = part
-    return out
-
-
-def wav_audio_windows(
-    features: torch.Tensor, audio_samples: torch.Tensor, frame_index: torch.Tensor
-) -> torch.Tensor:
-    """(B, F, 10 L, d) audio tokens from Whisper features of a wav-mode batch.
-
-    features: (B, T50, L, d) encoder states of ``batch["audio_wav"]`` (T50 >= the sample's
-    steps, e.g. 1500 for the padded 30 s); audio_samples: (B,) ``batch["audio_samples"]``;
-    frame_index: (B, F) consecutive ``batch["frame_index"]``. Each sample's features are cut
-    to its own `num_steps_for(audio_samples)` steps (the cached features' length), then windowed
-    with `audio_windows`, so frames near the end see the same zero padding as cached features.
-    """
-    out = []
-    for b in range(features.shape[0]):
-        steps = num_steps_for(int(audio_samples[b]))
-        frames = frame_index[b]
-        out.append(audio_windows(features[b, :steps], len(frames), start_frame=int(frames[0])))
-    return torch.stack(out)
-
-
-# --------------------------------------------------------------------------- crops
-
-
-def context_box(
-    landmarks: object,
-    det_box: object,
-    crop_rect: Sequence[int],
-    crop_size: Sequence[int],
-    bottom_margin: float = 0.0,
-    shift_norm: float | None = None,
-) -> np.ndarray:
-    """(4,) face box (x1, y1, x2, y2) in pixels of the stored context crop of one frame.
-
-    landmarks (68, 2) and det_box are in original-frame pixels (the sample json); crop_rect /
-    crop_size are the frame's stored crop rectangle and (width, height). Both are mapped into
-    the crop, then: the training box with `bottom_margin` (original-frame pixels, converted to
-    crop pixels) added to y2; or, with `shift_norm` (nose lengths), the inference box with
-    bbox_shift = shift_norm * nose length and extra_margin = the bottom margin (falling back
-    to the training box when the region module returns no box).
-    """
-    lms = R.points_to_crop(R.as_landmarks(landmarks), crop_rect, crop_size)
-    det = R.box_to_crop(det_box, crop_rect, crop_size)
-    margin = float(bottom_margin) * crop_size[1] / (crop_rect[3] - crop_rect[1])
-    if shift_norm is not None and np.isfinite(shift_norm):
-        box = R.inference_box(
-            lms,
-            bbox_shift=float(shift_norm) * R.nose_length(lms),
-            extra_margin=margin,
-            frame_size=(int(crop_size[1]), int(crop_size[0])),
-            det_box=det,
-        )
-        if box is not None:
-            return box
-    box = R.training_box(det, lms)
-    box[3] += margin
-    return box
-
-
-def _mouth_box(
-    landmarks: np.ndarray,
-    crop_rect: Sequence[int],
-    crop_size: Sequence[int],
-    box: np.ndarray,
-    margin: float,
-    size: int,
-) -> np.ndarray:
-    """(4,) lips box grown by `margin` of its size per side, in S x S crop pixels."""
-    lips = R.points_to_crop(landmarks[48:68], crop_rect, crop_size)
-    (lx1, ly1), (lx2, ly2) = lips.min(axis=0), lips.max(axis=0)
-    grow_x, grow_y = margin * (lx2 - lx1), margin * (ly2 - ly1)
-    x1, y1, x2, y2 = R.pixel_rect(box, (int(crop_size[1]), int(crop_size[0])))
-    sx, sy = size / (x2 - x1), size / (y2 - y1)
-    out = np.array(
-        [(lx1 - grow_x - x1) * sx, (ly1 - grow_y - y1) * sy, (lx2 + grow_x - x1) * sx,
-         (ly2 + grow_y - y1) * sy],
-        dtype=np.float32,
-    )  # fmt: skip
-    return np.clip(out, 0, size)
-
-
-# --------------------------------------------------------------------------- clips
-
-
-@dataclass(frozen=True)
-class ClipOptions:
-    """How one shard sample becomes training clips (see `TalkingFaceDataModule` for meanings).
-
-    bottom_margin: (mean, std, max) of the per-clip margin in original-frame pixels, drawn from
-    N(mean, std) clipped to [0, max]; None = off. audio: "cached" or "wav".
-    """
-
-    frames: int = 1
-    crop_size: int = 256
-    clips_per_sample: int = 8
-    reference: str = "v15"
-    min_reference_gap: int = 5
-    reference_fraction: float = 0.51
-    bottom_margin: tuple[float, float, float] | None = None
-    shift_augment: float = 0.0
-    mouth_margin: float = 0.1
-    sync_mel: bool = False
-    audio: str = "cached"
-
-    def __post_init__(self) -> None:
-        if self.frames < 1 or self.crop_size < 8 or self.clips_per_sample < 1:
-            raise ValueError(
-                "need frames_per_sample >= 1, crop_size >= 8, clips_per_sample >= 1, got "
-                f"{self.frames}, {self.crop_size}, {self.clips_per_sample}"
-            )
-        if self.reference not in REFERENCE_RULES:
-            raise ValueError(f"reference must be one of {REFERENCE_RULES}, got {self.reference!r}")
-        if self.min_reference_gap < 1:
-            raise ValueError(f"min_reference_gap must be >= 1, got {self.min_reference_gap}")
-        if not 0 < self.reference_fraction <= 1:
-            raise ValueError(f"reference_fraction must be in (0, 1], got {self.reference_fraction}")
-        if self.bottom_margin is not None and min(self.bottom_margin) < 0:
-            raise ValueError(f"bottom_margin mean/std/max must be >= 0, got {self.bottom_margin}")
-        if not 0 <= self.shift_augment <= 1:
-            raise ValueError(f"shift_augment must be in [0, 1], got {self.shift_augment}")
-        if self.mouth_margin < 0:
-            raise ValueError(f"mouth_margin must be >= 0, got {self.mouth_margin}")
-        if self.audio not in ("cached", "wav"):
-            raise ValueError(f"audio must be 'cached' or 'wav', got {self.audio!r}")
-
-    @property
-    def min_frames(self) -> int:
-        """Shortest usable sample: F frames, and a reference >= gap away from every frame."""
-        return max(self.frames, 2 * self.min_reference_gap + 1)
-
-
-def _draw_margin(options: ClipOptions, rng: np.random.Generator) -> float:
-    if options.bottom_margin is None:
-        return 0.0
-    mean, std, top = options.bottom_margin
-    return float(np.clip(rng.normal(mean, std), 0.0, top))
-
-
-def _draw_shift(options: ClipOptions, rng: np.random.Generator, norms: np.ndarray) -> float:
-    if options.shift_augment <= 0 or norms.size == 0 or rng.random() >= options.shift_augment:
-        return math.nan
-    return float(norms[rng.integers(norms.size)])
-
-
-def make_clips(
-    raw: dict[str, Any], rng: np.random.Generator, options: ClipOptions
-) -> list[dict[str, Any]]:
-    """The clips of one raw webdataset sample (member suffix -> bytes), as numpy items.
-
-    Refuses unknown schema/region versions (ShardError). Returns [] for samples shorter
-    than `options.min_frames`. Item fields are those of the batch contract, with images as
-    (F, S, S, 3) uint8 and ``audio_wav`` unpadded (`collate` converts and pads).
-    """
-    sample = decode_sample(raw, images=False)
-    meta = sample.meta
-    num = int(meta["num_frames"])
-    if num < options.min_frames:
-        return []
-    where = f"{sample.url}:{sample.key}"
-    lms = np.asarray(meta["landmarks"], dtype=np.float64)
-    det = np.asarray(meta["det_box"], dtype=np.float64)
-    rects = np.asarray(meta["crop_rect"], dtype=np.int64)
-    sizes = np.asarray(meta["crop_size"], dtype=np.int64)
-    norms = np.array([v for v in meta["equivalent_shift_norm"] if v is not None], dtype=np.float64)
-    if options.audio == "cached" and sample.whisper is None:
-        raise ShardError(
-            f"{where}: no cached Whisper features (<key>.whisper.npy); use audio_features='wav'"
-        )
-    if options.audio == "wav" and len(sample.audio) > WAV_SAMPLES:
-        raise ShardError(
-            f"{where}: {len(sample.audio) / SAMPLE_RATE:.1f} s of audio does not fit the 30 s "
-            "audio_wav; preprocess with audio.features=whisper or shorter samples"
-        )
-    mel = log_mel(sample.audio) if options.sync_mel else None
-    images: dict[int, np.ndarray] = {}
-
-    def image(i: int) -> np.ndarray:
-        if i not in images:
-            member = frame_member(i)
-            if member not in raw:
-                raise ShardError(f"{where}: missing member {member}")
-            img = decode_image(raw[member], f"{where}.{member}")
-            if (img.shape[1], img.shape[0]) != tuple(sizes[i]):
-                raise ShardError(f"{where}: {member} is not crop_size {sizes[i].tolist()}")
-            images[i] = img
-        return images[i]
-
-    def crops(frames: np.ndarray, margin: float, shift: float) -> tuple[np.ndarray, np.ndarray]:
-        out, mouths = [], []
-        for i in frames:
-            box = context_box(lms[i], det[i], rects[i], sizes[i], margin, shift)
-            out.append(R.crop(image(int(i)), box, options.crop_size))
-            mouths.append(
-                _mouth_box(lms[i], rects[i], sizes[i], box, options.mouth_margin, options.crop_size)
-            )
-        return np.stack(out), np.stack(mouths)
-
-    clips = []
-    frames = options.frames
-    for _ in range(options.clips_per_sample):
-        t0 = int(rng.integers(0, num - frames + 1))
-        targets = np.arange(t0, t0 + frames, dtype=np.int64)
-        refs = select_references(
-            lms,
-            targets,
-            rng,
-            options.reference,
-            options.min_reference_gap,
-            options.reference_fraction,
-        )
-        margin = _draw_margin(options, rng)
-        shift = _draw_shift(options, rng, norms)
-        target, mouth = crops(targets, margin, shift)
-        reference, _ = crops(refs, margin, shift)
-        item: dict[str, Any] = {
-            "key": sample.key,
-            "target": target,
-            "reference": reference,
-            "target_index": targets,
-            "reference_index": refs,
-            "mouth_box": mouth,
-            "bottom_margin": np.float32(margin),
-            "shift_norm": np.float32(shift),
-        }
-        if options.audio == "cached":
-            windows = audio_windows(sample.whisper, frames, start_frame=t0)
-            item["audio"] = windows.astype(np.float32)
-        else:
-            item["audio_wav"] = sample.audio
-            item["audio_samples"] = np.int64(len(sample.audio))
-            item["frame_index"] = targets.copy()
-        if mel is not None:
-            item["mel"] = mel_window(mel, t0, frames)
-        clips.append(item)
-    return clips
-
-
-def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack numpy clip items into the batch contract (torch tensors, images in [-1, 1])."""
-    batch: dict[str, Any] = {"key": [item["key"] for item in items]}
-    for name in items[0]:
-        if name == "key":
-            continue
-        if name == "audio_wav":
-            wav = np.zeros((len(items), WAV_SAMPLES), dtype=np.float32)
-            for b, item in enumerate(items):
-                wav[b, : len(item[name])] = item[name]
-            batch[name] = torch.from_numpy(wav)
-            continue
-        tensor = torch.from_numpy(np.stack([item[name] for item in items]))
-        if name in IMAGE_FIELDS:
-            chw = tensor.permute(0, 1, 4, 2, 3)  # (B, F, S, S, 3) -> (B, F, 3, S, S)
-            tensor = torch.empty(chw.shape, dtype=torch.float32).copy_(chw)
-            tensor.div_(127.5).sub_(1.0)
-        batch[name] = tensor
-    return batch
-
-
-def _train_clips(
-    src: Iterable[dict[str, Any]], options: ClipOptions, rng: np.random.Generator, bad: BadDataLog
-) -> Iterator[dict[str, Any]]:
-    skipped = 0
-    for raw in src:
-        clips = _checked_clips(raw, rng, options, bad)
-        skipped = 0 if clips else skipped + 1
-        if skipped >= MAX_SKIPPED:
-            raise ValueError(
-                f"{MAX_SKIPPED} samples in a row are shorter than {options.min_frames} frames "
-                "(frames_per_sample, 2 * min_reference_gap + 1): nothing to train on"
-            )
-        yield from clips
-
-
-def _val_clips(
-    src: Iterable[dict[str, Any]], options: ClipOptions, seed: int, bad: BadDataLog
-) -> Iterator[dict[str, Any]]:
-    for raw in src:
-        rng = np.random.default_rng([seed, zlib.crc32(raw["__key__"].encode())])
-        yield from _checked_clips(raw, rng, options, bad)
-
-
-def _checked_clips(
-    raw: dict[str, Any], rng: np.random.Generator, options: ClipOptions, bad: BadDataLog
-) -> list[dict[str, Any]]:
-    """`make_clips`, with a damaged sample skipped (recorded) or raised as `bad` says."""
-    try:
-        clips = make_clips(raw, rng, options)
-    except ShardError as exc:
-        bad.sample_error(exc, raw.get("__url__", "?"), raw.get("__key__", "?"))
-        return []
-    bad.sample_ok()
-    return clips
-
-
-# --------------------------------------------------------------------------- datasets
 
 
 class ShardClips(IterableDataset):
@@ -537,7 +115,7 @@ class ShardClips(IterableDataset):
         stages = [
             *raw_samples(shards, handler=self.bad.shard_error),
             functools.partial(
-                _train_clips,
+                train_clips,
                 options=self.options,
                 rng=np.random.default_rng(clip_seed),
                 bad=self.bad,
@@ -553,7 +131,7 @@ class ShardClips(IterableDataset):
     def _validation_pass(self) -> wds.DataPipeline:
         return wds.DataPipeline(
             *raw_samples(wds.SimpleShardList(self.urls), handler=self.bad.shard_error),
-            functools.partial(_val_clips, options=self.options, seed=self.seed, bad=self.bad),
+            functools.partial(val_clips, options=self.options, seed=self.seed, bad=self.bad),
             wds.batched(self.batch_size, collation_fn=collate, partial=True),
         )
 
@@ -585,9 +163,6 @@ class _EpochLoader(DataLoader):
         for batch in iterator:
             self.batches += 1
             yield batch
-
-
-# --------------------------------------------------------------------------- datamodule
 
 
 class TalkingFaceDataModule(L.LightningDataModule):

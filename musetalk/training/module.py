@@ -33,7 +33,7 @@ from musetalk.audio.whisper import WhisperEncoder
 from musetalk.audio.windows import add_positional_encoding
 from musetalk.losses import AdversarialLoss, SyncLoss
 from musetalk.models import decode, encode, load_unet, mask_lower_half, unet_input
-from musetalk.training.data import wav_audio_windows
+from musetalk.training.clips import wav_audio_windows
 
 __all__ = ["MuseTalkModule"]
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from musetalk.config import Device
 from musetalk.face.analyzer import NUM_LANDMARKS, FaceAnalyzer, build_analyzer, check_frame
-from musetalk.face.backends.weights import fetch_weights, sha256_file
+from musetalk.files import fetch_weights, sha256_file
 
 # DWPose-l 384x288 wholebody ONNX (the DWPose authors' export, used by ControlNet and MuseTalk
 # derivatives); downloaded into the torch hub cache when no local path is given.

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from musetalk.face.analyzer import NUM_LANDMARKS, FaceAnalyzer, check_frame
-from musetalk.face.backends.weights import fetch_weights, sha256_file
+from musetalk.files import fetch_weights, sha256_file
 
 
 def _local_face_alignment(

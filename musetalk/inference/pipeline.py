@@ -14,58 +14,50 @@ audio is longer than the video.
     for frame in pipe(avatar, "speech.wav"):                     # (H, W, 3) uint8 RGB
         ...
 
-Everything that does not depend on the audio is prepared once (`prepare_avatar`, optionally
-cached on disk); `generate(avatar, audio, start_frame=...)` then runs only Whisper, the UNet,
-the VAE decoder and the blend, so a server can call it per audio chunk.
+Everything that does not depend on the audio is prepared once (`prepare_avatar`: face tracking
+(`track_faces`), the bbox_shift choice (`choose_shift`) and the regions, latents and masks
+(`prepare_regions`), each part cached on disk when asked); `generate(avatar, audio,
+start_frame=...)` then runs only Whisper, the UNet, the VAE decoder and the blend, so a server
+can call it per audio chunk.
+
+Why not a diffusers `DiffusionPipeline` subclass (as LatentSync's `LipsyncPipeline` is): its
+`from_pretrained` / `save_pretrained` read and write the diffusers layout (`model_index.json` and
+one folder per registered module), while our users load MuseTalk's released layout and our
+training exports unchanged (`musetalk.inference.weights`); half of what this pipeline holds is
+not a model (the face analyzer and tracker, the avatar cache, the blend), so `register_modules`
+would not cover it; and there is no scheduler or denoising loop (one UNet pass at t = 0). What
+we keep from diffusers is its vocabulary (`check_inputs`, `prepare_latents`, `decode_latents`,
+`__call__`) and its models; `.to()` is the constructor's `device` / `dtype`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import os
-import time
-from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from musetalk.audio import SAMPLE_RATE, add_positional_encoding, audio_windows, num_frames_for
+from musetalk.audio import add_positional_encoding, audio_windows, num_frames_for
 from musetalk.audio.whisper import WhisperEncoder
-from musetalk.errors import InputNotFoundError
-from musetalk.face import region as R
+from musetalk.errors import NoFaceError
+from musetalk.face import region
 from musetalk.face.blend import BLEND_MODES, FaceParsing, lower_face_mask, paste
-from musetalk.face.tracking import INFERENCE_TRACKING, FaceTracker, OneEuro, TrackingOptions
-from musetalk.inference.avatar import (
-    Avatar,
-    AvatarCache,
-    NoFaceError,
-    is_image,
-    key_digest,
-    read_image,
-    region_arrays,
-    select_main_face,
-    video_fingerprint,
+from musetalk.face.tracking import (
+    INFERENCE_TRACKING,
+    TrackingOptions,
 )
+from musetalk.inference.avatar import Avatar
+from musetalk.inference.preparation import AvatarPreparation
 from musetalk.inference.shift import (
     RANDOM_DEFAULT,
     RELEASED_DEFAULT,
     BuiltinShift,
-    load_shift_stats,
-    resolve_bbox_shift,
 )
-from musetalk.inference.weights import (
-    EXTRA_MARGIN,
-    ModelFiles,
-    export_files,
-    released_files,
-)
+from musetalk.inference.weights import ModelFiles, export_files, released_files
 from musetalk.models import (
     TINY_UNET,
     TINY_VAE,
@@ -77,43 +69,13 @@ from musetalk.models import (
     mask_lower_half,
     unet_input,
 )
-from musetalk.video import prefetched  # the decode-ahead thread, reused for generate-ahead
+from musetalk.timebase import FPS, SAMPLE_RATE
+from musetalk.timing import StageTimes
+from musetalk.video import prefetched
 
-__all__ = ["CROP_SIZE", "MuseTalkPipeline", "NoFaceError", "StageTimes"]
+__all__ = ["MuseTalkPipeline"]
 
 log = logging.getLogger(__name__)
-
-CROP_SIZE = 256
-
-
-class StageTimes:
-    """Seconds and calls per named stage: `with times("unet"): ...`.
-
-    sync: call torch.cuda.synchronize() at the end of each stage (true times on a GPU).
-    """
-
-    def __init__(self, sync: bool = False) -> None:
-        self.sync = sync
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, int] = defaultdict(int)
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.sync and torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.seconds[name] += time.perf_counter() - start
-            self.calls[name] += 1
-
-    def reset(self) -> None:
-        self.seconds.clear()
-        self.calls.clear()
-
-    def as_dict(self) -> dict[str, float]:
-        return dict(self.seconds)
 
 
 def _seeded(seed: int, build):
@@ -125,14 +87,15 @@ def _seeded(seed: int, build):
         torch.random.set_rng_state(state)
 
 
-class MuseTalkPipeline:
+class MuseTalkPipeline(AvatarPreparation):
     """UNet + VAE + Whisper encoder + face analysis; see the module docstring.
 
     unet: MuseTalk's `UNet2DConditionModel` (8 -> 4 channels, cross-attention on Whisper tokens).
     vae: the `AutoencoderKL` (sd-vae-ft-mse). audio_encoder: a `WhisperEncoder`.
     face: face backend name ("dlib", "dwpose", "fan") and face_options its constructor options;
     tracking: `FaceTracker` options (One-Euro smoothing is always on at inference).
-    extra_margin: px added below the landmarks (MuseTalk v1.5: 10, v1.0: 0).
+    extra_margin: px added below the landmarks; None = `region.EXTRA_MARGIN[version]` (MuseTalk
+    v1.5: 10, v1.0: 0), `version` being the weights' ("v15" for exports and random weights).
     audio_positional_encoding: add the sinusoidal encoding to the audio tokens (as MuseTalk's
     inference does; must match how the weights were trained).
     blend: "landmarks" (jaw-polygon mask, no model) or "parsing" (BiSeNet ONNX `parsing_model`);
@@ -152,7 +115,8 @@ class MuseTalkPipeline:
         face: str = "dlib",
         face_options: dict[str, Any] | None = None,
         tracking: TrackingOptions | None = None,
-        extra_margin: float = EXTRA_MARGIN["v15"],
+        extra_margin: float | None = None,
+        version: str = "v15",
         audio_positional_encoding: bool = True,
         blend: str = "landmarks",
         parsing_model: str | os.PathLike[str] | None = None,
@@ -192,7 +156,9 @@ class MuseTalkPipeline:
         self.face = face
         self.face_options = dict(face_options or {})
         self.tracking = tracking if tracking is not None else INFERENCE_TRACKING
-        self.extra_margin = float(extra_margin)
+        self.extra_margin = float(
+            region.EXTRA_MARGIN[version] if extra_margin is None else extra_margin
+        )
         self.audio_positional_encoding = bool(audio_positional_encoding)
         self.blend = blend
         self.parser = FaceParsing(parsing_model) if blend == "parsing" else None
@@ -202,23 +168,12 @@ class MuseTalkPipeline:
         self.shift_stats = shift_stats
         self.builtin_shift = builtin_shift
         self.model_info = dict(model_info or {})
-        self.timings = StageTimes(sync=self.device.type == "cuda")
+        self.timings = StageTimes(torch.cuda.synchronize if self.device.type == "cuda" else None)
         self._analyzer = None
         self._vae_sha256: str | None = None
 
     # -------------------------------------------------------------------------------------
     # Construction
-
-    @classmethod
-    def from_components(
-        cls,
-        unet: UNet2DConditionModel,
-        vae: AutoencoderKL,
-        audio_encoder: WhisperEncoder,
-        **kwargs: Any,
-    ) -> MuseTalkPipeline:
-        """A pipeline from models already built; kwargs as in the constructor."""
-        return cls(unet, vae, audio_encoder, **kwargs)
 
     @classmethod
     def from_files(
@@ -231,8 +186,7 @@ class MuseTalkPipeline:
         if fp16 and torch.device(device).type != "cuda":
             raise ValueError(f"fp16 needs a CUDA device, got device={device}")
         training = files.training
-        if kwargs.get("extra_margin") is None:
-            kwargs["extra_margin"] = EXTRA_MARGIN[files.version]
+        kwargs["version"] = files.version
         if kwargs.get("audio_positional_encoding") is None:
             kwargs["audio_positional_encoding"] = bool(
                 training.get("audio_positional_encoding", True)
@@ -289,8 +243,6 @@ class MuseTalkPipeline:
         vae = _seeded(seed + 1, lambda: AutoencoderKL(**(vae_config or TINY_VAE)))
         whisper = WhisperEncoder.random(whisper_config, seed=seed + 2, device=device)
         kwargs.setdefault("builtin_shift", RANDOM_DEFAULT)
-        if kwargs.get("extra_margin") is None:
-            kwargs["extra_margin"] = EXTRA_MARGIN["v15"]
         if kwargs.get("audio_positional_encoding") is None:
             kwargs["audio_positional_encoding"] = True
         info = {"layout": "random", "seed": seed, **kwargs.pop("model_info", {})}
@@ -307,17 +259,6 @@ class MuseTalkPipeline:
 
             self._analyzer = build_analyzer(self.face, **self.face_options)
         return self._analyzer
-
-    def vae_sha256(self) -> str:
-        """sha256 of the VAE encoder's weights (what the cached latents depend on)."""
-        if self._vae_sha256 is None:
-            digest = hashlib.sha256()
-            for name, tensor in sorted(self.vae.state_dict().items()):
-                if name.startswith(("encoder.", "quant_conv.")):
-                    digest.update(name.encode())
-                    digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-            self._vae_sha256 = digest.hexdigest()
-        return self._vae_sha256
 
     def check_inputs(self, avatar: Avatar, audio: np.ndarray, sr: int = SAMPLE_RATE) -> int:
         """Validate a generation request; returns the number of output frames.
@@ -408,195 +349,6 @@ class MuseTalkPipeline:
     # -------------------------------------------------------------------------------------
     # Avatar preparation
 
-    def blend_settings(self) -> dict[str, Any]:
-        """What the cached blend masks depend on."""
-        settings: dict[str, Any] = {"mode": self.blend, "feather": self.feather}
-        if self.parser is not None:
-            settings["parsing"] = self.parser.settings
-        else:
-            settings["grow"] = self.grow
-        return settings
-
-    def prepare_avatar(
-        self,
-        video: str | os.PathLike[str],
-        bbox_shift: float | str = 0,
-        *,
-        extra_margin: float | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        max_frames: int | None = None,
-        fps: float = 25,
-        auto_stats: str | os.PathLike[str] | dict[str, Any] | None = None,
-        progress: bool = False,
-    ) -> Avatar:
-        """Read, track, crop and encode a video (or image) once; see `Avatar`.
-
-        bbox_shift: px (+ = mask boundary down, more mouth motion) or "auto" (from auto_stats: a
-        stats.json path/dict, else the pipeline's shift_stats / built-in value). extra_margin:
-        px below the landmarks (None: the pipeline's). cache_dir: reuse/refresh a cache there.
-        max_frames: read at most this many frames. fps: frames per second the video is
-        resampled to (an image is one frame shown at this rate). Raises NoFaceError when no
-        frame has a face, musetalk.errors types for unreadable media.
-        """
-        margin = self.extra_margin if extra_margin is None else float(extra_margin)
-        if max_frames is not None and max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-        path = Path(video)
-        if not path.is_file():
-            raise InputNotFoundError(f"video not found: {path}")
-        stats, stats_source = self.shift_stats, "the weights' training.json"
-        if isinstance(auto_stats, dict):
-            stats, stats_source = auto_stats, "auto_stats"
-        elif auto_stats is not None:
-            stats, stats_source = load_shift_stats(auto_stats), str(auto_stats)
-        analyzer = self.analyzer
-        smoothing = OneEuro(fps=float(fps))
-        faces_key = {
-            "video": video_fingerprint(path),
-            "fps": float(fps),
-            "max_frames": max_frames,
-            "face": {
-                "backend": analyzer.name,
-                "version": analyzer.version,
-                "settings": analyzer.settings,
-            },
-            "tracking": {**asdict(self.tracking), "smoothing": asdict(smoothing)},
-            "region_version": R.REGION_VERSION,
-        }
-        cache = AvatarCache(cache_dir) if cache_dir is not None else None
-        faces = cache.load_faces(faces_key) if cache is not None else None
-        faces_reused = faces is not None
-        if faces is None:
-            faces = self._read_and_track(path, fps, smoothing, max_frames, progress)
-        frames = faces["frames"]
-        if not faces["has_face"].any():
-            raise NoFaceError(
-                f"{path}: no face found in any of {len(frames)} frames "
-                f"(face backend {analyzer.name})"
-            )
-        landmarks_seq = [
-            lm if ok else None for lm, ok in zip(faces["landmarks"], faces["has_face"], strict=True)
-        ]
-        shift, reason = resolve_bbox_shift(
-            bbox_shift, landmarks_seq, stats, stats_source, self.builtin_shift
-        )
-        regions_key = {
-            "faces": key_digest(faces_key),
-            "bbox_shift": shift,
-            "extra_margin": margin,
-            "crop_size": CROP_SIZE,
-            "vae": self.vae_sha256(),
-            "dtype": str(self.dtype),
-            "blend": self.blend_settings(),
-        }
-        regions = cache.load_regions(regions_key) if faces_reused else None
-        status = "loaded" if regions is not None else "updated" if faces_reused else "created"
-        if regions is None:
-            regions = self._regions(frames, faces, shift, margin)
-            if cache is not None:
-                summary = {
-                    "source": str(path),
-                    "num_frames": len(frames),
-                    "frames_with_face": int(regions["has_face"].sum()),
-                    "bbox_shift_reason": reason,
-                }
-                cache.save(
-                    faces_key,
-                    regions_key,
-                    summary,
-                    None if faces_reused else frames,
-                    None if faces_reused else {k: v for k, v in faces.items() if k != "frames"},
-                    regions,
-                )
-        if isinstance(frames, np.ndarray) and not isinstance(frames, np.memmap):
-            frames.flags.writeable = False
-        avatar = Avatar(
-            source=str(path),
-            fps=float(fps),
-            frames=frames,
-            has_face=regions["has_face"],
-            landmarks=faces["landmarks"],
-            det_boxes=faces["det_boxes"],
-            boxes=regions["boxes"],
-            rects=regions["rects"],
-            mask_upper_bound=regions["mask_upper_bound"],
-            latents=regions["latents"],
-            masks=regions["masks"],
-            bbox_shift=shift,
-            bbox_shift_reason=reason,
-            extra_margin=margin,
-            info={"faces_key": faces_key, "regions_key": regions_key, "model": self.model_info},
-            cache_status=status if cache is not None else "none",
-        )
-        log.debug("%s: %s; %s", path, avatar.range_line(), reason)
-        return avatar
-
-    def _read_and_track(
-        self, path: Path, fps: float, smoothing: OneEuro, max_frames: int | None, progress: bool
-    ) -> dict[str, np.ndarray]:
-        """Frames (N, H, W, 3) and the main face per frame, tracked with One-Euro smoothing."""
-        tracker = FaceTracker(self.analyzer, self.tracking, smoothing=smoothing)
-        if is_image(path):
-            with self.timings("decode"):
-                frames = read_image(path)[None]
-            source: Any = iter(frames)
-        else:
-            from musetalk.video import VideoReader
-
-            reader = VideoReader(path, fps=fps)
-            total = len(reader) if max_frames is None else min(len(reader), max_frames)
-            frames = np.empty((total, reader.info.height, reader.info.width, 3), np.uint8)
-            source = (frame for _, frame in reader.frames(0, total, prefetch=4))
-        per_frame = []
-        bar = _progress(progress, len(frames), "faces")
-        for i in range(len(frames)):
-            with self.timings("decode"):
-                frame = next(source, None)
-            if frame is None:  # fewer frames than the container announced
-                frames = frames[:i]
-                break
-            frames[i] = frame
-            with self.timings("faces"):
-                tracked = tracker.update(frame)
-            per_frame.append([(t.track_id, t.face.landmarks, t.face.box) for t in tracked])
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        landmarks, det_boxes, has_face = select_main_face(per_frame, tracker.main_track_id())
-        return {
-            "frames": frames,
-            "has_face": has_face,
-            "landmarks": landmarks,
-            "det_boxes": det_boxes,
-        }
-
-    def _regions(
-        self, frames: np.ndarray, faces: dict[str, np.ndarray], shift: float, margin: float
-    ) -> dict[str, np.ndarray]:
-        """Boxes, crops -> latents and blend masks for every frame with a face."""
-        regions = region_arrays(
-            faces["landmarks"],
-            faces["det_boxes"],
-            faces["has_face"],
-            shift,
-            margin,
-            frames.shape[1:3],
-        )
-        n, h = len(frames), CROP_SIZE // 8
-        latents = np.zeros((n, 8, h, h), np.float32)
-        masks = np.zeros((n, CROP_SIZE, CROP_SIZE), np.uint8)
-        idx = np.flatnonzero(regions["has_face"])
-        for b in range(0, len(idx), self.batch_size):
-            batch = idx[b : b + self.batch_size]
-            with self.timings("crop"):
-                crops = np.stack([R.crop(frames[i], regions["rects"][i], CROP_SIZE) for i in batch])
-            latents[batch] = self.prepare_latents(crops).float().cpu().numpy()
-            masks[batch] = self.blend_masks(
-                crops, faces["landmarks"][batch], regions["rects"][batch]
-            )
-        return {**regions, "latents": latents, "masks": masks}
-
     # -------------------------------------------------------------------------------------
     # Generation
 
@@ -666,7 +418,7 @@ class MuseTalkPipeline:
 
             audio = load_audio(audio)
         if not isinstance(video, Avatar):
-            fps = prepare_kwargs.get("fps", 25)
+            fps = prepare_kwargs.get("fps", FPS)
             prepare_kwargs.setdefault(
                 "max_frames", max(1, num_frames_for(len(audio), SAMPLE_RATE, fps))
             )
@@ -680,11 +432,3 @@ def _placed(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) ->
     if next(model.parameters()).dtype != dtype:
         model = model.to(dtype)
     return model.eval().requires_grad_(False)
-
-
-def _progress(enabled: bool, total: int | None, desc: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="frame")

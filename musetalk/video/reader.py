@@ -1,24 +1,4 @@
-"""Video decoding and encoding: the only module that touches video codecs.
-
-Reading: any container/codec FFmpeg reads (via PyAV), streamed frame by frame, rotated upright
-according to the display matrix, and resampled to a constant frame rate (25 fps by default):
-
-- output frame ``i`` <-> time ``t_i = i / fps`` seconds, with ``t = 0`` at the video stream's
-  start time (``stream.start_time``); audio uses the same origin (`musetalk.audio.load_audio`).
-- each output frame is the latest source frame whose presentation time is ``<= t_i``
-  (nearest-previous), so 30/60 fps inputs drop frames, low fps inputs repeat them and variable
-  frame rate inputs follow their timestamps.
-- the number of output frames is ``floor(duration * fps)``, duration being the video stream's
-  duration as stored in the container (seconds).
-
-Truncation rule: an ISO-BMFF file (mp4/mov/m4a) whose top-level boxes run past the end of the file
-is truncated (detected at open, before any decoding). For other containers, a stream whose last
-decodable frame ends more than ``max(0.5 s, 5 %)`` before the stored duration is truncated; the
-reader yields the frames it can decode and raises `TruncatedMedia` at that point.
-
-Writing: `VideoWriter` encodes RGB frames to H.264 (libx264, yuv420p) plus optional AAC audio
-into an mp4, streaming, with no ffmpeg binary.
-"""
+"""Streaming video reading at a constant frame rate (see `musetalk.video`)."""
 
 from __future__ import annotations
 
@@ -31,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from types import TracebackType
 from typing import TypeVar
 
 import av
@@ -40,45 +19,22 @@ import numpy as np
 
 from musetalk.errors import (
     CorruptMedia,
-    EmptyFile,
-    MissingMedia,
-    NotAMediaFile,
-    NoVideoStream,
     TruncatedMedia,
 )
+from musetalk.timebase import FPS
+from musetalk.video.media import _start, _video_stream, open_media
 
 T = TypeVar("T")
 
-__all__ = [
-    "VideoInfo",
-    "VideoReader",
-    "VideoWriter",
-    "iter_frames",
-    "open_media",
-    "probe",
-    "video_start",
-]
-
-DEFAULT_FPS = 25
-
 # Truncation tolerance: missing video at the end, max(absolute seconds, fraction of duration).
 _TRUNCATION_SLACK_S = Fraction(1, 2)
+
+
 _TRUNCATION_SLACK_FRAC = Fraction(1, 20)
+
+
 # Seek margins (s) tried before decoding from the start, when a seek lands after the target.
 _SEEK_MARGINS: tuple[float | None, ...] = (0, 1, 5, None)
-
-_ISO_BMFF_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pdin", b"styp", b"uuid"}
-_MAGICS = (
-    b"RIFF",  # wav, avi
-    b"OggS",
-    b"\x1a\x45\xdf\xa3",  # matroska / webm
-    b"FLV",
-    b"ID3",
-    b"fLaC",
-    b"\x00\x00\x01\xba",  # mpeg-ps
-    b"\x30\x26\xb2\x75",  # asf / wmv
-    b"#!AMR",
-)
 
 
 @dataclass(frozen=True)
@@ -99,54 +55,7 @@ class VideoInfo:
     is_vfr: bool  # variable frame rate guess from the container index / stream rates
 
 
-def open_media(path: str | os.PathLike[str]) -> av.container.InputContainer:
-    """Open any media file FFmpeg reads; failures raise `musetalk.errors` types, never av errors.
-
-    Raises MissingMedia, EmptyFile, NotAMediaFile (not media, a still image, or no audio/video
-    stream), TruncatedMedia (ISO-BMFF boxes past EOF) or CorruptMedia (recognised but
-    unreadable).
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise MissingMedia(path, "no such file") from None
-    if size == 0:
-        raise EmptyFile(path, "expected a media file, got 0 bytes")
-    overrun = _bmff_overrun(path)
-    if overrun is not None:
-        raise TruncatedMedia(path, overrun)
-    with open(path, "rb") as f:
-        head = f.read(16)
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
-    except av.error.FFmpegError as e:
-        if _looks_like_media(head):
-            raise CorruptMedia(path, f"FFmpeg cannot open it: {e.strerror}") from e
-        raise NotAMediaFile(path, "expected an audio or video file FFmpeg can read") from e
-    if _is_still_image(container):
-        name = container.format.name
-        container.close()
-        raise NotAMediaFile(path, f"a still image ({name}), not a video or audio file")
-    if not container.streams.audio and not _video_streams(container):
-        container.close()
-        raise NotAMediaFile(path, "no audio or video stream")
-    return container
-
-
-def _is_still_image(container: av.container.InputContainer) -> bool:
-    """FFmpeg's image demuxers (image2, jpeg_pipe, png_pipe, ...) read single pictures."""
-    names = container.format.name.split(",")
-    return any(n == "image2" or (n.endswith("_pipe") and n != "gif_pipe") for n in names)
-
-
-def video_start(container: av.container.InputContainer) -> Fraction | None:
-    """The t = 0 of a file in container seconds: its video stream's start, None without video."""
-    streams = _video_streams(container)
-    return _start(streams[0]) if streams else None
-
-
-def probe(path: str | os.PathLike[str], fps: float = DEFAULT_FPS) -> VideoInfo:
+def probe(path: str | os.PathLike[str], fps: float = FPS) -> VideoInfo:
     """Read the facts of a video file, decoding only its first frame.
 
     `fps` is the rate frames will be read at; it only sets `num_frames` and `out_fps`.
@@ -191,7 +100,7 @@ class VideoReader:
     of a long video); memory is bounded by a few frames, not by the video length.
     """
 
-    def __init__(self, path: str | os.PathLike[str], fps: float = DEFAULT_FPS) -> None:
+    def __init__(self, path: str | os.PathLike[str], fps: float = FPS) -> None:
         self.path = Path(path)
         self.fps = _as_fraction(fps)
         self.info = probe(self.path, self.fps)
@@ -276,7 +185,7 @@ class VideoReader:
 
 def iter_frames(
     path: str | os.PathLike[str],
-    fps: float = DEFAULT_FPS,
+    fps: float = FPS,
     start: int = 0,
     end: int | None = None,
     step: int = 1,
@@ -286,136 +195,6 @@ def iter_frames(
     The file is probed now (errors raise here); frames decode lazily as the iterator advances.
     """
     return VideoReader(path, fps).frames(start, end, step)
-
-
-class VideoWriter:
-    """Streaming mp4 writer: H.264 (libx264, yuv420p) video plus optional AAC mono audio.
-
-    >>> with VideoWriter("out.mp4", fps=25, audio=wav16k) as w:
-    ...     for frame in frames:          # (H, W, 3) uint8 RGB, all the same size
-    ...         w.write(frame)
-
-    Odd widths/heights are padded by one edge-replicated pixel column/row at the right/bottom
-    (yuv420p needs even sizes). The audio ((N,) float at `sr` Hz, mono, clipped to [-1, 1])
-    starts at t = 0 and is written in full, interleaved with the video as frames arrive.
-    The file is written under a temporary name and renamed on a clean close; on an exception
-    it is removed.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        fps: float = DEFAULT_FPS,
-        audio: np.ndarray | None = None,
-        sr: int = 16000,
-        crf: int = 18,
-        preset: str = "veryfast",
-    ) -> None:
-        self.path = Path(path)
-        self.fps = _as_fraction(fps)
-        self.sr = int(sr)
-        self.crf = int(crf)
-        self.preset = preset
-        self.audio = None if audio is None else _check_audio(audio)
-        self.num_frames = 0
-        self.size: tuple[int, int] | None = None  # (H, W) of the input frames
-        self._tmp = self.path.with_name(f".{self.path.name}.part")
-        self._container: av.container.OutputContainer | None = None
-        self._video: av.video.stream.VideoStream | None = None
-        self._audio: av.audio.stream.AudioStream | None = None
-        self._audio_pos = 0  # samples of `audio` already sent to the encoder
-        self._closed = False
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._abort()
-
-    def write(self, frame: np.ndarray) -> None:
-        """Append one (H, W, 3) uint8 RGB frame, shown for 1 / fps seconds."""
-        frame = np.asarray(frame)
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(
-                f"expected an (H, W, 3) uint8 RGB frame, got {frame.shape} {frame.dtype}"
-            )
-        if self.size is None:
-            self.size = frame.shape[:2]
-            self._open()
-        elif frame.shape[:2] != self.size:
-            raise ValueError(f"frame size {frame.shape[:2]} differs from the first {self.size}")
-        h, w = self.size
-        if h % 2 or w % 2:
-            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        vf.pts = self.num_frames
-        self._mux(self._video.encode(vf))
-        self.num_frames += 1
-        if self.audio is not None:
-            self._write_audio(round(Fraction(self.num_frames) * self.sr / self.fps))
-
-    def close(self) -> None:
-        """Flush encoders, finish the file and move it to `path`. Needs at least one frame."""
-        if self._closed:
-            return
-        if self._container is None:
-            raise ValueError(f"{self.path}: no frames were written")
-        try:
-            self._mux(self._video.encode(None))
-            if self.audio is not None:
-                self._write_audio(len(self.audio))
-                self._mux(self._audio.encode(None))
-            self._container.close()
-        except BaseException:
-            self._abort()
-            raise
-        self._container = None
-        os.replace(self._tmp, self.path)
-        self._closed = True
-
-    def _open(self) -> None:
-        h, w = self.size
-        self._container = av.open(str(self._tmp), "w", format="mp4")
-        self._video = self._container.add_stream(
-            "libx264", rate=self.fps, options={"crf": str(self.crf), "preset": self.preset}
-        )
-        self._video.width, self._video.height = w + w % 2, h + h % 2
-        self._video.pix_fmt = "yuv420p"
-        self._video.codec_context.time_base = 1 / self.fps
-        if self.audio is not None:
-            self._audio = self._container.add_stream("aac", rate=self.sr, layout="mono")
-            self._audio.codec_context.time_base = Fraction(1, self.sr)
-
-    def _write_audio(self, upto: int) -> None:
-        """Encode audio samples [_audio_pos, upto)."""
-        upto = min(upto, len(self.audio))
-        if upto <= self._audio_pos:
-            return
-        chunk = self.audio[self._audio_pos : upto]
-        af = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
-        af.sample_rate = self.sr
-        af.pts = self._audio_pos
-        af.time_base = Fraction(1, self.sr)
-        self._mux(self._audio.encode(af))
-        self._audio_pos = upto
-
-    def _mux(self, packets: list[av.Packet]) -> None:
-        self._container.mux(packets)
-
-    def _abort(self) -> None:
-        if self._container is not None:
-            with contextlib.suppress(av.error.FFmpegError):
-                self._container.close()
-            self._container = None
-        self._tmp.unlink(missing_ok=True)
 
 
 def prefetched(items: Iterator[T], size: int) -> Iterator[T]:
@@ -461,43 +240,11 @@ def prefetched(items: Iterator[T], size: int) -> Iterator[T]:
         thread.join()
 
 
-def _check_audio(audio: np.ndarray) -> np.ndarray:
-    audio = np.asarray(audio)
-    if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
-        raise ValueError(
-            f"expected mono float audio of shape (N,), got {audio.shape} {audio.dtype}"
-        )
-    return np.ascontiguousarray(np.clip(audio, -1.0, 1.0), dtype=np.float32)
-
-
 def _as_fraction(fps: float) -> Fraction:
     value = Fraction(fps).limit_denominator(1_000_000)
     if value <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     return value
-
-
-def _video_streams(container: av.container.InputContainer) -> list[av.video.stream.VideoStream]:
-    """Video streams that are real video (not cover art attached to an audio file)."""
-    return [
-        s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
-    ]
-
-
-def _video_stream(
-    container: av.container.InputContainer, path: Path
-) -> av.video.stream.VideoStream:
-    streams = _video_streams(container)
-    if not streams:
-        raise NoVideoStream(path, "expected a video stream, the file has only audio")
-    return streams[0]
-
-
-def _start(stream: av.stream.Stream) -> Fraction:
-    """Stream start time in seconds: the t = 0 of frames and audio."""
-    if stream.start_time is None:
-        return Fraction(0)
-    return Fraction(stream.start_time) * stream.time_base
 
 
 def _time(frame: av.VideoFrame, stream: av.video.stream.VideoStream, t0: Fraction) -> Fraction:
@@ -565,7 +312,7 @@ def _source_fps(stream: av.video.stream.VideoStream) -> Fraction:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate:
             return Fraction(rate)
-    return Fraction(DEFAULT_FPS)
+    return Fraction(FPS)
 
 
 def _stored_duration(
@@ -618,37 +365,3 @@ def _guess_vfr(stream: av.video.stream.VideoStream) -> bool:
     return bool(
         stream.base_rate and stream.average_rate and stream.base_rate != stream.average_rate
     )
-
-
-def _looks_like_media(head: bytes) -> bool:
-    """Whether the first bytes carry a known audio/video container signature."""
-    if head[4:8] in _ISO_BMFF_BOXES or head.startswith(_MAGICS):
-        return True
-    mpeg_sync = len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0  # mp3 / adts
-    return mpeg_sync or head[:1] == b"\x47"  # mpeg-ts sync byte
-
-
-def _bmff_overrun(path: Path) -> str | None:
-    """For ISO-BMFF files (mp4/mov/m4a): a description of a top-level box running past EOF."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        if f.read(8)[4:8] not in _ISO_BMFF_BOXES:
-            return None
-        pos = 0
-        while pos + 8 <= size:
-            f.seek(pos)
-            header = f.read(16)
-            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
-            if not kind.isalnum():
-                return None  # not a box header: corrupt, not truncated
-            if length == 1 and len(header) == 16:
-                length = int.from_bytes(header[8:16], "big")
-            if length == 0:  # box extends to the end of the file
-                return None
-            if length < 8:
-                return None  # malformed, not truncated: left to FFmpeg
-            if pos + length > size:
-                name = kind.decode("latin-1")
-                return f"box '{name}' needs {pos + length} bytes, the file has {size}"
-            pos += length
-    return None

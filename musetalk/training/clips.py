@@ -1,0 +1,322 @@
+"""Clips: one shard sample -> training clips (numpy items), and their collation into batches.
+
+Batch contract (B = batch size, F = frames_per_sample, S = crop_size):
+
+====================  ======================  ===================================================
+key                   shape, dtype            meaning
+====================  ======================  ===================================================
+``key``               list[str] (B)           sample keys
+``target``            (B, F, 3, S, S) f32     training crops of frames t0 .. t0 + F - 1, in [-1, 1]
+``reference``         (B, F, 3, S, S) f32     one reference crop per target frame, same sample,
+                                              >= min_reference_gap frames away, in [-1, 1]
+``target_index``      (B, F) int64            frame indices of the targets within the sample
+``reference_index``   (B, F) int64            frame indices of the references within the sample
+``mouth_box``         (B, F, 4) f32           lips 48-67 extent grown by mouth_margin, (x1, y1,
+                                              x2, y2) in S x S crop pixels (for the mouth
+                                              discriminator), clipped to [0, S]
+``bottom_margin``     (B,) f32                bottom-margin augmentation of the clip, pixels of
+                                              the original frame (0 when off)
+``shift_norm``        (B,) f32                bbox_shift augmentation of the clip in nose lengths
+                                              (NaN: the training box was used)
+``audio``             (B, F, 10 L, d) f32     cached-features mode: Whisper windows of the target
+                                              frames, `audio_windows(features, F, start_frame=t0)`
+                                              (L = 5, d = 384 for whisper-tiny)
+``audio_wav``         (B, 480000) f32         wav mode: the sample's 16 kHz audio, zero padded to
+                                              30 s (sample frame 0 at sample 0)
+``audio_samples``     (B,) int64              wav mode: the sample's own audio length (samples)
+``frame_index``       (B, F) int64            wav mode: = target_index, for the windows
+``mel``               (B, 80, ceil(3.2 F)) f32  sync_mel only: log-mel of the clip's audio in
+                                              [-4, 4] (52 frames for F = 16), see `log_mel`
+====================  ======================  ===================================================
+
+Audio: with cached features (`audio_features="cached"`, or "auto" on shards preprocessed with
+`audio.features=whisper`) the windows are computed here. Otherwise (`"wav"`) the module encodes
+``audio_wav`` on its device and calls `wav_audio_windows(features, audio_samples, frame_index)`,
+which cuts the features to the sample's own length and windows them with the same
+`audio_windows`, so both paths give the same tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from musetalk.audio.mel import log_mel, mel_window
+from musetalk.audio.windows import audio_windows, num_steps_for
+from musetalk.data.reader import Sample, decode_image, decode_sample
+from musetalk.data.schema import frame_member
+from musetalk.errors import ShardError
+from musetalk.face import region
+from musetalk.timebase import SAMPLE_RATE
+from musetalk.training.bad_data import BadDataLog
+from musetalk.training.crops import context_box, mouth_box
+from musetalk.training.reference import REFERENCE_RULES, select_references
+
+__all__ = [
+    "WAV_SAMPLES",
+    "ClipOptions",
+    "collate",
+    "make_clips",
+    "train_clips",
+    "val_clips",
+    "wav_audio_windows",
+]
+
+WAV_SAMPLES = 30 * SAMPLE_RATE  # audio_wav length: one 30 s Whisper window
+IMAGE_FIELDS = ("target", "reference")
+MAX_SKIPPED = 1000  # consecutive unusable samples before a training stream gives up
+
+
+def wav_audio_windows(
+    features: torch.Tensor, audio_samples: torch.Tensor, frame_index: torch.Tensor
+) -> torch.Tensor:
+    """(B, F, 10 L, d) audio tokens from Whisper features of a wav-mode batch.
+
+    features: (B, T50, L, d) encoder states of ``batch["audio_wav"]`` (T50 >= the sample's
+    steps, e.g. 1500 for the padded 30 s); audio_samples: (B,) ``batch["audio_samples"]``;
+    frame_index: (B, F) consecutive ``batch["frame_index"]``. Each sample's features are cut
+    to its own `num_steps_for(audio_samples)` steps (the cached features' length), then windowed
+    with `audio_windows`, so frames near the end see the same zero padding as cached features.
+    """
+    out = []
+    for b in range(features.shape[0]):
+        steps = num_steps_for(int(audio_samples[b]))
+        frames = frame_index[b]
+        out.append(audio_windows(features[b, :steps], len(frames), start_frame=int(frames[0])))
+    return torch.stack(out)
+
+
+@dataclass(frozen=True)
+class ClipOptions:
+    """How one shard sample becomes training clips (see `TalkingFaceDataModule` for meanings).
+
+    bottom_margin: (mean, std, max) of the per-clip margin in original-frame pixels, drawn from
+    N(mean, std) clipped to [0, max]; None = off. audio: "cached" or "wav".
+    """
+
+    frames: int = 1
+    crop_size: int = 256
+    clips_per_sample: int = 8
+    reference: str = "v15"
+    min_reference_gap: int = 5
+    reference_fraction: float = 0.51
+    bottom_margin: tuple[float, float, float] | None = None
+    shift_augment: float = 0.0
+    mouth_margin: float = 0.1
+    sync_mel: bool = False
+    audio: str = "cached"
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.crop_size < 8 or self.clips_per_sample < 1:
+            raise ValueError(
+                "need frames_per_sample >= 1, crop_size >= 8, clips_per_sample >= 1, got "
+                f"{self.frames}, {self.crop_size}, {self.clips_per_sample}"
+            )
+        if self.reference not in REFERENCE_RULES:
+            raise ValueError(f"reference must be one of {REFERENCE_RULES}, got {self.reference!r}")
+        if self.min_reference_gap < 1:
+            raise ValueError(f"min_reference_gap must be >= 1, got {self.min_reference_gap}")
+        if not 0 < self.reference_fraction <= 1:
+            raise ValueError(f"reference_fraction must be in (0, 1], got {self.reference_fraction}")
+        if self.bottom_margin is not None and min(self.bottom_margin) < 0:
+            raise ValueError(f"bottom_margin mean/std/max must be >= 0, got {self.bottom_margin}")
+        if not 0 <= self.shift_augment <= 1:
+            raise ValueError(f"shift_augment must be in [0, 1], got {self.shift_augment}")
+        if self.mouth_margin < 0:
+            raise ValueError(f"mouth_margin must be >= 0, got {self.mouth_margin}")
+        if self.audio not in ("cached", "wav"):
+            raise ValueError(f"audio must be 'cached' or 'wav', got {self.audio!r}")
+
+    @property
+    def min_frames(self) -> int:
+        """Shortest usable sample: F frames, and a reference >= gap away from every frame."""
+        return max(self.frames, 2 * self.min_reference_gap + 1)
+
+
+def _draw_margin(options: ClipOptions, rng: np.random.Generator) -> float:
+    if options.bottom_margin is None:
+        return 0.0
+    mean, std, top = options.bottom_margin
+    return float(np.clip(rng.normal(mean, std), 0.0, top))
+
+
+def _draw_shift(options: ClipOptions, rng: np.random.Generator, norms: np.ndarray) -> float:
+    if options.shift_augment <= 0 or norms.size == 0 or rng.random() >= options.shift_augment:
+        return math.nan
+    return float(norms[rng.integers(norms.size)])
+
+
+class _SampleCrops:
+    """Training crops of one decoded sample's frames, decoding each JPEG at most once."""
+
+    def __init__(self, raw: dict[str, Any], meta: dict[str, Any], where: str, options: ClipOptions):
+        self.raw, self.where, self.options = raw, where, options
+        self.lms = np.asarray(meta["landmarks"], dtype=np.float64)
+        self.det = np.asarray(meta["det_box"], dtype=np.float64)
+        self.rects = np.asarray(meta["crop_rect"], dtype=np.int64)
+        self.sizes = np.asarray(meta["crop_size"], dtype=np.int64)
+        self.images: dict[int, np.ndarray] = {}
+
+    def image(self, i: int) -> np.ndarray:
+        if i not in self.images:
+            member = frame_member(i)
+            if member not in self.raw:
+                raise ShardError(f"{self.where}: missing member {member}")
+            img = decode_image(self.raw[member], f"{self.where}.{member}")
+            if (img.shape[1], img.shape[0]) != tuple(self.sizes[i]):
+                raise ShardError(
+                    f"{self.where}: {member} is not crop_size {self.sizes[i].tolist()}"
+                )
+            self.images[i] = img
+        return self.images[i]
+
+    def __call__(
+        self, frames: np.ndarray, margin: float, shift: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(F, S, S, 3) uint8 crops and (F, 4) mouth boxes of `frames`."""
+        size, out, mouths = self.options.crop_size, [], []
+        for i in frames:
+            lm, rect, stored = self.lms[i], self.rects[i], self.sizes[i]
+            box = context_box(lm, self.det[i], rect, stored, margin, shift)
+            out.append(region.crop(self.image(int(i)), box, size))
+            mouths.append(mouth_box(lm, rect, stored, box, self.options.mouth_margin, size))
+        return np.stack(out), np.stack(mouths)
+
+
+def _check_audio_mode(sample: Sample, options: ClipOptions, where: str) -> None:
+    if options.audio == "cached" and sample.whisper is None:
+        raise ShardError(
+            f"{where}: no cached Whisper features (<key>.whisper.npy); use audio_features='wav'"
+        )
+    if options.audio == "wav" and len(sample.audio) > WAV_SAMPLES:
+        raise ShardError(
+            f"{where}: {len(sample.audio) / SAMPLE_RATE:.1f} s of audio does not fit the 30 s "
+            "audio_wav; preprocess with audio.features=whisper or shorter samples"
+        )
+
+
+def _audio_fields(sample: Sample, options: ClipOptions, targets: np.ndarray) -> dict[str, Any]:
+    """The clip's audio: cached Whisper windows, or the sample's wav for on-device encoding."""
+    if options.audio == "cached":
+        windows = audio_windows(sample.whisper, len(targets), start_frame=int(targets[0]))
+        return {"audio": windows.astype(np.float32)}
+    return {
+        "audio_wav": sample.audio,
+        "audio_samples": np.int64(len(sample.audio)),
+        "frame_index": targets.copy(),
+    }
+
+
+def make_clips(
+    raw: dict[str, Any], rng: np.random.Generator, options: ClipOptions
+) -> list[dict[str, Any]]:
+    """The clips of one raw webdataset sample (member suffix -> bytes), as numpy items.
+
+    Refuses unknown schema/region versions (ShardError). Returns [] for samples shorter
+    than `options.min_frames`. Item fields are those of the batch contract, with images as
+    (F, S, S, 3) uint8 and ``audio_wav`` unpadded (`collate` converts and pads).
+    """
+    sample = decode_sample(raw, images=False)
+    num = int(sample.meta["num_frames"])
+    if num < options.min_frames:
+        return []
+    where = f"{sample.url}:{sample.key}"
+    _check_audio_mode(sample, options, where)
+    crops = _SampleCrops(raw, sample.meta, where, options)
+    shifts = sample.meta["equivalent_shift_norm"]
+    norms = np.array([v for v in shifts if v is not None], dtype=np.float64)
+    mel = log_mel(sample.audio) if options.sync_mel else None
+    clips = []
+    for _ in range(options.clips_per_sample):
+        t0 = int(rng.integers(0, num - options.frames + 1))
+        targets = np.arange(t0, t0 + options.frames, dtype=np.int64)
+        refs = select_references(
+            crops.lms,
+            targets,
+            rng,
+            options.reference,
+            options.min_reference_gap,
+            options.reference_fraction,
+        )
+        margin = _draw_margin(options, rng)
+        shift = _draw_shift(options, rng, norms)
+        target, mouth = crops(targets, margin, shift)
+        reference, _ = crops(refs, margin, shift)
+        item: dict[str, Any] = {
+            "key": sample.key,
+            "target": target,
+            "reference": reference,
+            "target_index": targets,
+            "reference_index": refs,
+            "mouth_box": mouth,
+            "bottom_margin": np.float32(margin),
+            "shift_norm": np.float32(shift),
+            **_audio_fields(sample, options, targets),
+        }
+        if mel is not None:
+            item["mel"] = mel_window(mel, t0, options.frames)
+        clips.append(item)
+    return clips
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack numpy clip items into the batch contract (torch tensors, images in [-1, 1])."""
+    batch: dict[str, Any] = {"key": [item["key"] for item in items]}
+    for name in items[0]:
+        if name == "key":
+            continue
+        if name == "audio_wav":
+            wav = np.zeros((len(items), WAV_SAMPLES), dtype=np.float32)
+            for b, item in enumerate(items):
+                wav[b, : len(item[name])] = item[name]
+            batch[name] = torch.from_numpy(wav)
+            continue
+        tensor = torch.from_numpy(np.stack([item[name] for item in items]))
+        if name in IMAGE_FIELDS:
+            chw = tensor.permute(0, 1, 4, 2, 3)  # (B, F, S, S, 3) -> (B, F, 3, S, S)
+            tensor = torch.empty(chw.shape, dtype=torch.float32).copy_(chw)
+            tensor.div_(127.5).sub_(1.0)
+        batch[name] = tensor
+    return batch
+
+
+def train_clips(
+    src: Iterable[dict[str, Any]], options: ClipOptions, rng: np.random.Generator, bad: BadDataLog
+) -> Iterator[dict[str, Any]]:
+    skipped = 0
+    for raw in src:
+        clips = _checked_clips(raw, rng, options, bad)
+        skipped = 0 if clips else skipped + 1
+        if skipped >= MAX_SKIPPED:
+            raise ValueError(
+                f"{MAX_SKIPPED} samples in a row are shorter than {options.min_frames} frames "
+                "(frames_per_sample, 2 * min_reference_gap + 1): nothing to train on"
+            )
+        yield from clips
+
+
+def val_clips(
+    src: Iterable[dict[str, Any]], options: ClipOptions, seed: int, bad: BadDataLog
+) -> Iterator[dict[str, Any]]:
+    for raw in src:
+        rng = np.random.default_rng([seed, zlib.crc32(raw["__key__"].encode())])
+        yield from _checked_clips(raw, rng, options, bad)
+
+
+def _checked_clips(
+    raw: dict[str, Any], rng: np.random.Generator, options: ClipOptions, bad: BadDataLog
+) -> list[dict[str, Any]]:
+    """`make_clips`, with a damaged sample skipped (recorded) or raised as `bad` says."""
+    try:
+        clips = make_clips(raw, rng, options)
+    except ShardError as exc:
+        bad.sample_error(exc, raw.get("__url__", "?"), raw.get("__key__", "?"))
+        return []
+    bad.sample_ok()
+    return clips
