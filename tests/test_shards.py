@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from musetalk.audio.context import context_of
 from musetalk.data.output import Output
 from musetalk.data.reader import decode_npy, iter_samples
 from musetalk.data.schema import (
@@ -42,6 +43,7 @@ def make_meta(key: str, num_frames: int, **over) -> dict:
         "equivalent_shift_norm": [0.0] * num_frames,
         "crop_rect": [[0, 0, 32, 32]] * num_frames,
         "crop_size": [[32, 32]] * num_frames,
+        "audio_context": context_of(0, num_frames, num_frames * 2).to_json(),
     }
     meta.update(over)
     return meta
@@ -51,6 +53,7 @@ def make_members(key: str, num_frames: int, rng: np.random.Generator, **over) ->
     members = {"json": json.dumps(make_meta(key, num_frames, **over)).encode()}
     audio = rng.uniform(-0.5, 0.5, num_frames * 640).astype(np.float32)
     members["wav"] = encode_wav(audio)
+    members["context.wav"] = encode_wav(audio)  # the source is this sample alone
     for i in range(num_frames):
         img = np.full((32, 32, 3), (10 * i, 100, 200), np.uint8)
         members[frame_member(i)] = cv2.imencode(".jpg", img[..., ::-1])[1].tobytes()

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from musetalk import stats
+from musetalk.audio.context import context_of
 from musetalk.data.reader import iter_samples
 from musetalk.data.schema import REGION_VERSION, SCHEMA_VERSION, ShardError
 from musetalk.face import region
@@ -31,7 +32,7 @@ def face_landmarks(rng: np.random.Generator, nose: tuple[float, float, float, fl
 
 
 def sample_meta(key: str, source: str, lms: list[np.ndarray], det_top: list[float]) -> dict:
-    """A schema-v1 sample json, its region facts computed like preprocessing does."""
+    """A sample json, its region facts computed like preprocessing does."""
     det = [[95.0, top, 205.0, lm[:, 1].max()] for top, lm in zip(det_top, lms, strict=True)]
     train = [region.training_box(d, lm) for d, lm in zip(det, lms, strict=True)]
     bound = [region.mask_upper_bound(b) for b in train]
@@ -64,6 +65,7 @@ def sample_meta(key: str, source: str, lms: list[np.ndarray], det_top: list[floa
         "detected": [True] * n,
         "crop_rect": [[0, 0, 320, 480]] * n,
         "crop_size": [[320, 480]] * n,
+        "audio_context": context_of(10, n, None).to_json(),
         "face": {"backend": "synthetic"},
     }
 

@@ -30,8 +30,10 @@ from omegaconf.errors import MissingMandatoryValue
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
+from musetalk.audio import load_audio
 from musetalk.audio.whisper import WhisperEncoder
 from musetalk.audio.windows import audio_windows
+from musetalk.data.reader import iter_samples
 from musetalk.losses import (
     LATENTSYNC_SYNCNET,
     AdversarialLoss,
@@ -157,7 +159,7 @@ def test_experiment_configs_compose_with_the_recipe_values(tmp_path: Path) -> No
     assert (m.lr, list(m.betas), m.weight_decay, m.warmup_steps) == (2e-5, [0.5, 0.999], 1e-2, 1000)
     assert m.gradient_checkpointing and m.accumulate_grad_batches == 1
     assert {k: v.weight for k, v in stage1.losses.items()} == {"l1": 1.0, "perceptual": 0.01}
-    assert stage1.trainer.precision == "bf16-mixed" and stage1.audio_positional_encoding is True
+    assert stage1.trainer.precision == "bf16-mixed" and stage1.audio_positional_encoding is None
 
     assert stage1.model.init_unet is None  # stage 1: random init
     for missing in (compose_train("+experiment=stage2", *common), compose_train(*common)):
@@ -384,36 +386,33 @@ def test_image_grid_places_columns_and_rows() -> None:
 # ----------------------------------------------------------------------------- module
 
 
-def test_whisper_batched_states_match_encode_and_both_audio_modes_agree(
-    shards: Path, tmp_path: Path
+def test_module_wav_tokens_are_inference_tokens(
+    shards: Path, shared_data: Path, tmp_path: Path
 ) -> None:
-    """The module's wav path (Whisper on the batch's padded audio) gives the tokens of the
-    cached-features path (encode() of the sample's audio, then audio_windows)."""
+    """The module's wav path (Whisper on the batch's audio context, window by window) gives
+    inference's tokens of the same source frames (Whisper on the whole file, then
+    audio_windows), with the positional encoding as configured."""
     cfg = tiny_cfg(shards, tmp_path)
     dm = instantiate(cfg.data)
     batch = next(iter(dm.train_loader()))
     module = instantiate(cfg.module)
     whisper: WhisperEncoder = module.whisper
-    n = int(batch["audio_samples"][0])
-    features = torch.from_numpy(whisper.encode(batch["audio_wav"][0, :n].numpy()))
-    states = whisper.hidden_states(batch["audio_wav"][:1])
-    assert torch.allclose(states[0, : len(features)], features, atol=1e-4)
-    cached = torch.stack(
+    source = torch.from_numpy(whisper.encode(load_audio(shared_data / "talking_demo1.mp4")))
+    starts = {s.key: s.meta["frame_index"][0] for s in iter_samples(shards, images=False)}
+    frames = batch["target"].shape[1]
+    inference = torch.stack(
         [
             audio_windows(
-                torch.from_numpy(
-                    whisper.encode(batch["audio_wav"][b, : int(batch["audio_samples"][b])].numpy())
-                ),
-                batch["frame_index"].shape[1],
-                start_frame=int(batch["frame_index"][b, 0]),
+                source, frames, start_frame=starts[key] + int(batch["target_index"][b, 0])
             )
-            for b in range(len(batch["key"]))
+            for b, key in enumerate(batch["key"])
         ]
     )
     tokens_wav = module.audio_tokens(batch)
-    tokens_cached = module.audio_tokens({"audio": cached})
+    tokens_inference = module.audio_tokens({"audio": inference})
     assert tokens_wav.shape == (len(batch["key"]), 30, 384)
-    assert torch.allclose(tokens_wav, tokens_cached, atol=1e-4)
+    # 16-bit PCM context audio and torch vs numpy log-mel: equal to fp16 tolerance
+    assert torch.allclose(tokens_wav, tokens_inference, atol=4e-3)
     module.audio_positional_encoding = False
     assert not torch.allclose(module.audio_tokens(batch), tokens_wav, atol=1e-3)
 

@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 import torch
 
+from musetalk.audio import load_audio
+from musetalk.audio.context import context_features
 from musetalk.audio.mel import log_mel, mel_window
 from musetalk.audio.whisper import WhisperEncoder
 from musetalk.audio.windows import audio_windows
 from musetalk.data.reader import iter_samples, resolve_shards
 from musetalk.data.schema import ShardError
 from musetalk.face import region
-from musetalk.training.clips import WAV_SAMPLES, wav_audio_windows
+from musetalk.training.clips import context_audio_windows
 from musetalk.training.crops import context_box
 from musetalk.training.data import TalkingFaceDataModule
 from musetalk.training.reference import (
@@ -111,16 +113,20 @@ def check_common(batch: dict, b: int, f: int, audio: str) -> None:
     assert box.shape == (b, f, 4) and box.dtype == torch.float32
     assert torch.all(box[..., 2] > box[..., 0]) and torch.all(box[..., 3] > box[..., 1])
     assert box.min() >= 0 and box.max() <= S
+    # MuseTalk's mouth box: height = width / 2 (where the crop edges did not cut it)
+    inside = (box[..., 0] > 0) & (box[..., 1] > 0) & (box[..., 2] < S) & (box[..., 3] < S)
+    width, height = box[..., 2] - box[..., 0], box[..., 3] - box[..., 1]
+    assert inside.any() and torch.allclose(2 * height[inside], width[inside], atol=1e-3)
     assert batch["bottom_margin"].shape == (b,) and batch["shift_norm"].shape == (b,)
     if audio == "cached":
         assert batch["audio"].shape == (b, f, 10 * 3, 64) and batch["audio"].dtype == torch.float32
         assert "audio_wav" not in batch
     else:
-        assert batch["audio_wav"].shape == (b, WAV_SAMPLES)
-        assert batch["audio_wav"].dtype == torch.float32
-        assert torch.equal(batch["frame_index"], t) and batch["frame_index"].dtype == torch.int64
-        assert torch.all(batch["audio_samples"] == MAX_FRAMES * 640)
-        assert torch.all(batch["audio_wav"][:, MAX_FRAMES * 640 :] == 0)
+        assert batch["audio_wav"].shape == (b, 480000) and batch["audio_wav"].dtype == torch.float32
+        assert batch["audio_context"].shape == (b, 3)
+        assert batch["audio_context"].dtype == torch.int64
+        assert torch.all(batch["audio_wav"][:, -16000:] == 0)  # past the 10 s source: padding
+        assert batch["audio_wav"][:, :16000].abs().max() > 0.01
         assert "audio" not in batch
 
 
@@ -291,37 +297,39 @@ def test_random_rule_and_gap() -> None:
         select_references(lms, [0], rng, "v20")
 
 
-def test_cached_and_wav_audio_agree(shards: Path, whisper_dir: Path, samples: dict) -> None:
-    """Windows from the cached features == audio_windows(WhisperEncoder.encode(sample wav))."""
+def test_training_windows_equal_inference_windows(
+    shards: Path, whisper_dir: Path, samples: dict, shared_data: Path
+) -> None:
+    """One audio context: for samples starting at source frames 0, 30, ..., 210, the tokens of
+    sample frame j, from the cached states and from the module's wav path, equal inference's
+    tokens of source frame f + j (Whisper on the whole file in 30 s windows from its start)."""
+    encoder = WhisperEncoder(str(whisper_dir))
+    source = encoder.encode(load_audio(shared_data / "talking_demo1.mp4"))
+    starts = sorted(s.meta["frame_index"][0] for s in samples.values())
+    assert starts[:3] == [0, 30, 60] and starts[-1] == 210
+    for sample in samples.values():
+        first, n = sample.meta["frame_index"][0], sample.meta["num_frames"]
+        for t0 in (0, 1, n // 2, n - 16):
+            want = audio_windows(source, 16, start_frame=first + t0)
+            got = context_features(sample.whisper, sample.context, 16, start=t0)
+            np.testing.assert_allclose(got.astype(np.float32), want, rtol=0, atol=4e-3)
     kwargs = dict(batch_size=3, batches_per_epoch=1, frames_per_sample=16, seed=5)
     cached = batches(datamodule(shards, audio_features="cached", **kwargs))[0]
     wav = batches(datamodule(shards, audio_features="wav", **kwargs))[0]
     assert cached["key"] == wav["key"]
-    assert torch.equal(cached["target_index"], wav["target_index"])
     torch.testing.assert_close(cached["target"], wav["target"], rtol=0, atol=0)
-    encoder = WhisperEncoder(str(whisper_dir))
-    padded = []
-    for b in range(3):
-        own = wav["audio_wav"][b, : int(wav["audio_samples"][b])].numpy()
-        feats = encoder.encode(own)
-        t0 = int(wav["frame_index"][b, 0])
-        expected = audio_windows(feats, 16, start_frame=t0)
-        torch.testing.assert_close(
-            cached["audio"][b], torch.from_numpy(expected), rtol=0, atol=4e-3
-        )
-        padded.append(torch.from_numpy(encoder.encode(wav["audio_wav"][b].numpy())))
-    # the module's path: encode the padded 30 s, then wav_audio_windows cuts and windows
-    from_wav = wav_audio_windows(torch.stack(padded), wav["audio_samples"], wav["frame_index"])
-    torch.testing.assert_close(from_wav, cached["audio"], rtol=0, atol=4e-3)
-    # every start frame, including the last ones (zero padding past the sample's end)
-    sample = samples[wav["key"][0]]
-    feats = torch.stack([torch.from_numpy(encoder.encode(sample.audio))])
-    n = torch.tensor([len(sample.audio)])
-    for t0 in range(MAX_FRAMES - 16 + 1):
-        index = torch.arange(t0, t0 + 16)[None]
-        got = wav_audio_windows(feats, n, index)[0]
-        want = audio_windows(sample.whisper, 16, start_frame=t0).astype(np.float32)
-        torch.testing.assert_close(got, torch.from_numpy(want), rtol=0, atol=4e-3)
+    assert wav["audio_wav"].shape[1] % 480000 == 0 and wav["audio_context"].shape == (3, 3)
+    # the module's wav path: encode each 30 s window of the context, then take its steps
+    rows = wav["audio_wav"].reshape(-1, 480000).numpy()
+    states = torch.stack([torch.from_numpy(encoder.encode_windows(r)) for r in rows])
+    states = states.reshape(3, -1, *states.shape[2:])
+    from_wav = context_audio_windows(states, wav["audio_context"], 16)
+    for b, key in enumerate(wav["key"]):
+        frame = samples[key].meta["frame_index"][0] + int(wav["target_index"][b, 0])
+        want = torch.from_numpy(audio_windows(source, 16, start_frame=frame))
+        # fp16 tolerance: context.wav is 16-bit PCM, whisper.npy float16
+        torch.testing.assert_close(from_wav[b], want, rtol=0, atol=4e-3)
+        torch.testing.assert_close(cached["audio"][b], want, rtol=0, atol=4e-3)
 
 
 def test_mel_alignment_and_range() -> None:
@@ -486,3 +494,22 @@ def test_shard_sources(shards: Path, uneven_shards: Path) -> None:
     check_common(batch, 4, 1, "cached")
     with pytest.raises(ValueError, match="bottom_margin"):
         datamodule(shards, bottom_margin={"mean": 10})
+
+
+def test_min_face_size_leaves_out_narrow_faces(shards: Path) -> None:
+    """MuseTalk's filter: a sample whose first frame's face (detector box joined with the
+    landmark extent) is narrower than min_face_size original px gives no clips."""
+    from musetalk.training.clips import ClipOptions, face_width, make_clips
+
+    raw = next(iter(tar_samples(next(shards.glob("*.tar"))).values()))
+    sample = {"__key__": raw[0][0].split(".", 1)[0], "__url__": "x"}
+    sample |= {name.split(".", 1)[1]: data for name, data in raw}
+    meta = json.loads(sample["json"])
+    width = face_width(meta)
+    lms, det = np.asarray(meta["landmarks"][0]), np.asarray(meta["det_box"][0])
+    assert width == pytest.approx(max(det[2], lms[:, 0].max()) - min(det[0], lms[:, 0].min()))
+    rng = np.random.default_rng(0)
+    wide = ClipOptions(crop_size=64, clips_per_sample=1, min_face_size=width - 1)
+    narrow = ClipOptions(crop_size=64, clips_per_sample=1, min_face_size=width + 1)
+    assert len(make_clips(sample, rng, wide)) == 1
+    assert make_clips(sample, rng, narrow) == []

@@ -221,3 +221,33 @@ def test_positional_encoding_matches_formula() -> None:
     assert half.dtype == torch.float16
     with pytest.raises(ValueError, match="even dim"):
         sinusoidal_encoding(50, 7)
+
+
+@pytest.mark.parametrize(
+    ("first", "count"),
+    [(0, 25), (100, 100), (740, 20), (748, 4), (1490, 250), (1740, 10)],
+    ids=["start", "inside", "straddles_30s", "at_30s", "straddles_60s", "at_the_end"],
+)
+def test_sample_context_tokens_equal_inference_tokens(
+    encoder: WhisperEncoder, tmp_path: Path, first: int, count: int
+) -> None:
+    """ContextReader's stored steps (what preprocessing caches) and its audio encoded window
+    by window (the training wav path) give inference's tokens of source frames first.. on a
+    70 s source: across the 30 s window boundaries and at the source's end."""
+    from musetalk.audio import load_audio, write_wav
+    from musetalk.audio.context import context_features
+    from musetalk.data.audio_context import ContextReader
+
+    rng = np.random.default_rng(3)
+    audio = (0.3 * rng.standard_normal(16000 * 70)).astype(np.float32)
+    path = tmp_path / "long.wav"
+    write_wav(path, audio)
+    source = encoder.encode(load_audio(path))  # inference: the whole file, windows from 0
+    with ContextReader(str(path), encoder) as reader:
+        context, context_audio, states = reader.read(first, count)
+    want = audio_windows(source, count, start_frame=first)
+    np.testing.assert_allclose(context_features(states, context, count), want, atol=1e-5)
+    windows = np.zeros(context.num_windows * 480000, np.float32)
+    windows[: len(context_audio)] = context_audio
+    from_audio = context_features(encoder.encode_windows(windows), context, count)
+    np.testing.assert_allclose(from_audio, want, atol=1e-5)

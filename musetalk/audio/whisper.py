@@ -204,24 +204,25 @@ class WhisperEncoder:
         """(T50, L + 1, d) float32 hidden states of (N,) float mono audio at 16 kHz.
 
         T50 = floor(N / 320) steps of 20 ms; L + 1 = embedding output + each encoder layer
-        ((T50, 5, 384) for whisper-tiny). The audio is cut into consecutive 30 s windows, each
-        zero padded to 30 s and log-mel normalised on its own (as upstream MuseTalk does), run
-        `batch_size` windows per encoder call, and the steps before T50 concatenated.
+        ((T50, 5, 384) for whisper-tiny). The audio is cut into consecutive 30 s windows from
+        its start (`encode_windows`), and the steps before T50 are kept. This is the audio
+        context of every frame, in inference and (per sample, `musetalk.audio.context`) in
+        training.
         """
-        audio = np.asarray(audio)
-        if sr != SAMPLE_RATE:
-            raise ValueError(f"expected audio at {SAMPLE_RATE} Hz, got {sr} Hz (resample first)")
-        if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
-            raise ValueError(
-                f"expected mono float audio of shape (N,), got {audio.shape} {audio.dtype}"
-            )
-        if not np.isfinite(audio).all():
-            raise ValueError("audio contains NaN or infinite samples")
-        if batch_size < 1:
-            raise ValueError(f"expected batch_size >= 1, got {batch_size}")
-        audio = audio.astype(np.float32, copy=False)
+        audio = self._checked(audio, sr)
         total = num_steps_for(len(audio), sr)
         num_windows = -(-total // self.window_steps)
+        return self.encode_windows(audio[: num_windows * self.window_samples], batch_size)[:total]
+
+    def encode_windows(self, audio: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """(W x 1500, L + 1, d) float32 hidden states of W consecutive 30 s windows of (N,)
+        16 kHz audio (W = ceil(N / 480000)), each zero padded to 30 s and log-mel normalised on
+        its own (as upstream MuseTalk does), `batch_size` windows per encoder call; nothing is
+        trimmed."""
+        audio = self._checked(audio, SAMPLE_RATE)
+        if batch_size < 1:
+            raise ValueError(f"expected batch_size >= 1, got {batch_size}")
+        num_windows = -(-len(audio) // self.window_samples)
         windows = [
             audio[w * self.window_samples : (w + 1) * self.window_samples]
             for w in range(num_windows)
@@ -243,4 +244,17 @@ class WhisperEncoder:
             stacked = torch.stack(states, dim=2).float().cpu().numpy()  # (B, 1500, L + 1, d)
             rows = slice(b * self.window_steps, (b + len(stacked)) * self.window_steps)
             out[rows] = stacked.reshape(-1, self.num_hidden_states, self.hidden_size)
-        return out[:total]
+        return out
+
+    @staticmethod
+    def _checked(audio: np.ndarray, sr: int) -> np.ndarray:
+        audio = np.asarray(audio)
+        if sr != SAMPLE_RATE:
+            raise ValueError(f"expected audio at {SAMPLE_RATE} Hz, got {sr} Hz (resample first)")
+        if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
+            raise ValueError(
+                f"expected mono float audio of shape (N,), got {audio.shape} {audio.dtype}"
+            )
+        if not np.isfinite(audio).all():
+            raise ValueError("audio contains NaN or infinite samples")
+        return audio.astype(np.float32, copy=False)

@@ -27,6 +27,7 @@ import soundfile as sf
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from musetalk.audio.context import WINDOW_SAMPLES, SampleContext
 from musetalk.data.schema import check_key, check_meta, frame_member
 from musetalk.errors import InputNotFoundError, ShardError
 from musetalk.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
@@ -52,7 +53,11 @@ class Sample:
     audio: (T * 640,) float32 in [-1, 1] at 16 kHz.
     frames: T context crops, RGB uint8 (h, w, 3) each (sizes in meta["crop_size"]); empty when
         images were not requested.
-    whisper: cached encoder features (T50, 5, 384) float16, or None.
+    whisper: cached encoder states of the steps the frames use (context.num_steps, 5, 384)
+        float16, or None.
+    context: where the sample's audio context sits in its source (`musetalk.audio.context`);
+    context_audio: its 16 kHz audio (from context.first_sample, up to num_windows x 30 s), or
+        None when not requested.
     """
 
     key: str
@@ -61,6 +66,8 @@ class Sample:
     frames: list[np.ndarray]
     whisper: np.ndarray | None
     url: str
+    context: SampleContext
+    context_audio: np.ndarray | None = None
 
 
 def decode_image(data: bytes, where: str = "image member") -> np.ndarray:
@@ -196,12 +203,13 @@ def _raise_shard_error(exc: Exception, url: str) -> bool:
 # --------------------------------------------------------------------------- decoding
 
 
-_KNOWN = {"json", "wav", "whisper.npy"}
+_KNOWN = {"json", "wav", "context.wav", "whisper.npy"}
 
 
-def decode_sample(raw: dict[str, Any], images: bool = True) -> Sample:
+def decode_sample(raw: dict[str, Any], images: bool = True, context_audio: bool = False) -> Sample:
     """A raw webdataset sample (member suffix -> bytes) -> a checked `Sample`; ShardError names
-    the shard and key of whatever is wrong."""
+    the shard and key of whatever is wrong. images / context_audio: decode the JPEGs / the
+    context audio too."""
     key, url = raw["__key__"], raw.get("__url__", "")
     try:
         check_key(key)
@@ -239,18 +247,36 @@ def decode_sample(raw: dict[str, Any], images: bool = True) -> Sample:
     frames = []
     if images:
         frames = [decode_image(raw[m], f"{where}.{m}") for m in sorted(expected)]
+    context = _context(meta, where)
     whisper = None
     if "whisper.npy" in raw:
         try:
             whisper = decode_npy(raw["whisper.npy"])
         except ValueError as exc:
             raise ShardError(f"{where}.whisper.npy: not a plain numeric array ({exc})") from None
-        if whisper.ndim != 3 or not np.isfinite(whisper).all():
+        if whisper.ndim != 3 or len(whisper) != context.num_steps or not np.isfinite(whisper).all():
             raise ShardError(
-                f"{where}.whisper.npy: expected finite (T50, layers, dim) features, "
-                f"got shape {whisper.shape}"
+                f"{where}.whisper.npy: expected finite ({context.num_steps}, layers, dim) "
+                f"encoder states, got shape {whisper.shape}"
             )
-    return Sample(key, meta, audio, frames, whisper, url)
+    if "context.wav" not in raw:
+        raise ShardError(f"{where}: no context.wav member")
+    extra = None
+    if context_audio:
+        extra = decode_wav(raw["context.wav"], where=f"{where}.context.wav")
+        if len(extra) > context.num_windows * WINDOW_SAMPLES:
+            raise ShardError(f"{where}.context.wav: longer than its {context.num_windows} windows")
+    return Sample(key, meta, audio, frames, whisper, url, context, extra)
+
+
+def _context(meta: dict[str, Any], where: str) -> SampleContext:
+    try:
+        context = SampleContext.from_json(meta["audio_context"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ShardError(f"{where}: audio_context is not valid ({exc!r})") from None
+    if context.first_frame != meta["frame_index"][0] or context.num_steps < 1:
+        raise ShardError(f"{where}: audio_context does not match frame_index")
+    return context
 
 
 def iter_samples(source: str | Path | Sequence[str], images: bool = True) -> Iterator[Sample]:

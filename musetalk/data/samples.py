@@ -23,7 +23,9 @@ import numpy as np
 from pydantic import Field
 
 from musetalk.audio import AudioStream
+from musetalk.audio.context import SampleContext
 from musetalk.config import settings
+from musetalk.data.audio_context import ContextReader
 from musetalk.data.schema import LANDMARK_CONVENTION, REGION_VERSION, SCHEMA_VERSION, frame_member
 from musetalk.data.sources import Source
 from musetalk.data.writer import encode_npy, encode_wav
@@ -175,8 +177,10 @@ class SourceProcessor:
     """Turns one source into samples; iterate `samples()`, then read `report`.
 
     tracker: a FaceTracker (reset here); face_info: backend name/version/settings recorded in
-    every sample; features: optional callable audio (N,) -> Whisper features (T50, 5, 384),
-    stored as `<key>.whisper.npy` (float16) and described by `features_info` in the json.
+    every sample. Every sample stores its audio context (`musetalk.audio.context`): the source's
+    30 s windows its frames' audio windows fall in, as `<key>.context.wav`; with an `encoder`
+    (a `WhisperEncoder`) also the encoder states of the steps it uses, as `<key>.whisper.npy`
+    (float16), described by `features_info` in the json.
     """
 
     def __init__(
@@ -185,7 +189,7 @@ class SourceProcessor:
         tracker: FaceTracker,
         options: SampleOptions,
         face_info: dict[str, Any],
-        features: Callable[[np.ndarray], np.ndarray] | None = None,
+        encoder: Any | None = None,
         progress: Callable[[int], None] | None = None,
         features_info: dict[str, Any] | None = None,
     ) -> None:
@@ -193,7 +197,7 @@ class SourceProcessor:
         self.tracker = tracker
         self.options = options
         self.face_info = face_info
-        self.features = features
+        self.encoder = encoder
         self.features_info = features_info
         self.progress = progress
         self.report = SourceReport(source.video, source.audio, source.source_id)
@@ -216,7 +220,8 @@ class SourceProcessor:
         timed = info.stage_seconds
         with timed("audio"):  # probes the audio: NoAudioStream before any frame is decoded
             audio = AudioStream(self.source.audio or self.source.video)
-        with audio:
+        with audio, ContextReader(self.source.audio or self.source.video, self.encoder) as ctx:
+            self.context = ctx
             yield from self._cut(reader, audio)
         if not info.samples:
             info.status = "skipped"
@@ -291,11 +296,13 @@ class SourceProcessor:
         if len(run) < self.options.min_frames:
             dropped[SHORT_TRACK] += len(run)
             return
+        with self.report.stage_seconds("context"):
+            context, context_audio, states = self.context.read(run[0].index, len(run))
         with self.report.stage_seconds("pack"):
-            sample = self._build(run, wav)
-        if self.features is not None:
-            with self.report.stage_seconds("features"):
-                sample.members["whisper.npy"] = encode_npy(self.features(wav).astype(np.float16))
+            sample = self._build(run, wav, context)
+            sample.members["context.wav"] = encode_wav(context_audio)
+            if states is not None:
+                sample.members["whisper.npy"] = encode_npy(states.astype(np.float16))
         self.report.samples.append(sample.key)
         self.report.frames_in_samples += len(run)
         peak = 20 * math.log10(max(float(np.abs(wav).max(initial=0.0)), 1e-10))
@@ -303,8 +310,9 @@ class SourceProcessor:
         self.report.audio_peak_dbfs = round(peak if previous is None else max(previous, peak), 1)
         yield sample
 
-    def _build(self, run: list[_Frame], wav: np.ndarray) -> SampleData:
-        """The sample of a run; wav: (len(run) * 640,) float32, its 16 kHz audio."""
+    def _build(self, run: list[_Frame], wav: np.ndarray, context: SampleContext) -> SampleData:
+        """The sample of a run; wav: (len(run) * 640,) float32, its 16 kHz audio; context:
+        where its audio context sits in the source."""
         start = run[0].index
         key = f"{self.source.source_id}_t{run[0].face.track_id}_{start:06d}"
         lms = np.stack([f.face.face.landmarks for f in run])
@@ -339,6 +347,7 @@ class SourceProcessor:
             "crop_rect": [list(f.rect) for f in run],
             "crop_size": [list(f.crop_size) for f in run],
             "audio": {"sample_rate": SAMPLES_PER_FRAME * FPS, "num_samples": int(len(wav))},
+            "audio_context": context.to_json(),
             "face": self.face_info,
             "audio_features": self.features_info,
         }

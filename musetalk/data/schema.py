@@ -2,8 +2,10 @@
 
 A sample is one continuous face track of one source video at 25 fps. Its members are
 `<key>.json` (per-frame facts), `<key>.wav` (16 kHz mono PCM covering exactly the frames),
-`<key>.NNNNNN.jpg` (context crop of frame NNNNNN of the sample, 0-based) and optionally
-`<key>.whisper.npy` (cached Whisper encoder features). Keys contain no dots.
+`<key>.NNNNNN.jpg` (context crop of frame NNNNNN of the sample, 0-based), `<key>.context.wav`
+(the audio context: the source's 30 s windows, aligned to its time 0, that its frames' Whisper
+windows fall in; see `musetalk.audio.context`) and optionally `<key>.whisper.npy` (cached
+Whisper encoder states of the steps the frames use). Keys contain no dots.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from musetalk.errors import ShardError, ShardVersionError
 from musetalk.face.region import REGION_VERSION
 
 #: Version of the sample layout. Bump on any incompatible change; readers refuse unknown ones.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: audio_context, context.wav, whisper.npy of the source's windows
 KNOWN_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
 KNOWN_REGION_VERSIONS = frozenset({REGION_VERSION})
 
@@ -57,6 +59,7 @@ REQUIRED_FIELDS = (
     "equivalent_shift_norm",
     "crop_rect",
     "crop_size",
+    "audio_context",
 )
 
 

@@ -54,11 +54,16 @@ def _worker_tools(config: PreprocessConfig):
             from musetalk.audio.whisper import WhisperEncoder
 
             encoder = WhisperEncoder(config.audio.model, device=config.device)
-            features = encoder.encode
+            features = encoder
             features_info = {
                 "kind": "whisper",
                 "model": config.audio.model,
-                "shape": ["T50", encoder.num_hidden_states, encoder.hidden_size],
+                "shape": [
+                    "audio_context.num_steps",
+                    encoder.num_hidden_states,
+                    encoder.hidden_size,
+                ],
+                "windows": "the source's 30 s windows from its time 0 (musetalk.audio.context)",
                 "dtype": "float16",
             }
         _WORKER_CACHE.clear()

@@ -101,8 +101,9 @@ class AdversarialLoss(nn.Module):
     region: "face" (whole crop) or "mouth" (crop at the batch's mouth boxes, grown by
     `mouth_margin` pixels per side; the DataModule's boxes already have a margin).
     size: side the discriminator sees (resized; None = as is; mouth crops need one).
-    start_step: before this optimizer step the generator terms and the discriminator loss are
-    multiplied by 0 (MuseTalk starts the GAN at step 1000).
+    start_step: before this optimizer step the adversarial generator term and the
+    discriminator loss are multiplied by 0 (MuseTalk starts the GAN at step 1000); feature
+    matching applies from step 0, as in MuseTalk.
     channels, max_channels, num_blocks, spectral_norm: the PatchDiscriminator's.
     """
 

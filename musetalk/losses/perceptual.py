@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,8 @@ class VGG19Features(nn.Module):
     """VGG19 convolutions up to relu5_1, keys `features.N.*` as in torchvision's `vgg19`.
 
     width: channel multiplier (1.0 = the real network; smaller only for random-init smoke runs).
-    Input: (N, 3, H, W) RGB in [0, 1]; ImageNet normalisation is applied inside.
+    Input: (N, 3, H, W) RGB (in [0, 1], or MuseTalk's [-1, 1]); ImageNet normalisation is
+    applied inside.
     """
 
     def __init__(self, width: float = 1.0) -> None:
@@ -79,6 +81,20 @@ class VGG19Features(nn.Module):
         return self
 
 
+def gaussian_downsample(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """MuseTalk's pyramid level: a Gaussian blur (sigma = (1/scale - 1) / 2, kernel
+    2 round(4 sigma) + 1, reflect-free zero padding) then every (1/scale)-th pixel."""
+    sigma = (1 / scale - 1) / 2
+    size = 2 * round(sigma * 4) + 1
+    grid = torch.arange(size, dtype=images.dtype, device=images.device) - (size - 1) / 2
+    kernel_1d = torch.exp(-(grid**2) / (2 * sigma**2))
+    kernel = torch.outer(kernel_1d, kernel_1d)
+    kernel = (kernel / kernel.sum()).expand(images.shape[1], 1, size, size)
+    blurred = F.conv2d(images, kernel, padding=size // 2, groups=images.shape[1])
+    step = round(1 / scale)
+    return blurred[:, :, ::step, ::step]
+
+
 class PerceptualLoss(nn.Module):
     """L1 between VGG19 features of predictions and targets over an image pyramid.
 
@@ -101,6 +117,7 @@ class PerceptualLoss(nn.Module):
         layer_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0, 1.0),
         scales: Sequence[float] = (1.0, 0.5, 0.25, 0.125),
         resize: int | None = 224,
+        input: Literal["musetalk", "unit"] = "musetalk",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -116,6 +133,9 @@ class PerceptualLoss(nn.Module):
         self.layer_weights = [float(w) for w in layer_weights]
         self.scales = [float(s) for s in scales]
         self.resize = resize
+        if input not in ("musetalk", "unit"):
+            raise ValueError(f"input must be 'musetalk' or 'unit', got {input!r}")
+        self.input = input
         self.vgg: VGG19Features | None = None
         if not self.active:
             return
@@ -142,13 +162,17 @@ class PerceptualLoss(nn.Module):
         return self.weight > 0
 
     def _pyramid(self, images: torch.Tensor) -> list[torch.Tensor]:
-        x = (images.float() + 1) / 2  # [-1, 1] -> [0, 1]
+        unit = self.input == "unit"
+        x = (images.float() + 1) / 2 if unit else images.float()
         if self.resize is not None and x.shape[-2:] != (self.resize, self.resize):
-            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", antialias=True)
-        return [
-            x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", antialias=True)
-            for s in self.scales
-        ]
+            size = (self.resize, self.resize)
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=unit, align_corners=False)
+        if unit:
+            return [
+                x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", antialias=True)
+                for s in self.scales
+            ]
+        return [x if s == 1.0 else gaussian_downsample(x, s) for s in self.scales]
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Scalar loss (unweighted) of (N, 3, H, W) predictions vs targets in [-1, 1]:

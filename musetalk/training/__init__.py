@@ -1,7 +1,7 @@
 """Training: shard clips (batch contract: `musetalk.training.clips`), the DataModule, the
 LightningModule, callbacks and the run helpers."""
 
-from musetalk.training.clips import ClipOptions, collate, make_clips, wav_audio_windows
+from musetalk.training.clips import ClipOptions, collate, context_audio_windows, make_clips
 from musetalk.training.crops import context_box
 from musetalk.training.data import ShardClips, TalkingFaceDataModule
 from musetalk.training.reference import pose_mouth_descriptors, select_references, v15_candidates
@@ -11,10 +11,10 @@ __all__ = [
     "ShardClips",
     "TalkingFaceDataModule",
     "collate",
+    "context_audio_windows",
     "context_box",
     "make_clips",
     "pose_mouth_descriptors",
     "select_references",
     "v15_candidates",
-    "wav_audio_windows",
 ]

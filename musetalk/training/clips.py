@@ -11,29 +11,34 @@ key                   shape, dtype            meaning
                                               >= min_reference_gap frames away, in [-1, 1]
 ``target_index``      (B, F) int64            frame indices of the targets within the sample
 ``reference_index``   (B, F) int64            frame indices of the references within the sample
-``mouth_box``         (B, F, 4) f32           lips 48-67 extent grown by mouth_margin, (x1, y1,
-                                              x2, y2) in S x S crop pixels (for the mouth
-                                              discriminator), clipped to [0, S]
+``mouth_box``         (B, F, 4) f32           MuseTalk's mouth box: lips 48-66 x extent +- 10 px
+                                              (at S = 256), height = width / 2 on the lips'
+                                              y midpoint; (x1, y1, x2, y2) in S x S crop
+                                              pixels (mouth discriminator), clipped to [0, S]
 ``bottom_margin``     (B,) f32                bottom-margin augmentation of the clip, pixels of
                                               the original frame (0 when off)
 ``shift_norm``        (B,) f32                bbox_shift augmentation of the clip in nose lengths
                                               (NaN: the training box was used)
 ``audio``             (B, F, 10 L, d) f32     cached-features mode: Whisper windows of the target
-                                              frames, `audio_windows(features, F, start_frame=t0)`
-                                              (L = 5, d = 384 for whisper-tiny)
-``audio_wav``         (B, 480000) f32         wav mode: the sample's 16 kHz audio, zero padded to
-                                              30 s (sample frame 0 at sample 0)
-``audio_samples``     (B,) int64              wav mode: the sample's own audio length (samples)
-``frame_index``       (B, F) int64            wav mode: = target_index, for the windows
+                                              frames from the stored states of the sample's
+                                              audio context (L = 5, d = 384 for whisper-tiny)
+``audio_wav``         (B, W x 480000) f32     wav mode: the sample's audio context (its source's
+                                              30 s windows, aligned to the source's time 0),
+                                              zero padded to W windows, W the batch's largest
+``audio_context``     (B, 3) int64            wav mode: per sample the first row of its steps in
+                                              the W x 1500 encoder states, their number, and the
+                                              `audio_windows` start frame of the clip
 ``mel``               (B, 80, ceil(3.2 F)) f32  sync_mel only: log-mel of the clip's audio in
                                               [-4, 4] (52 frames for F = 16), see `log_mel`
 ====================  ======================  ===================================================
 
-Audio: with cached features (`audio_features="cached"`, or "auto" on shards preprocessed with
-`audio.features=whisper`) the windows are computed here. Otherwise (`"wav"`) the module encodes
-``audio_wav`` on its device and calls `wav_audio_windows(features, audio_samples, frame_index)`,
-which cuts the features to the sample's own length and windows them with the same
-`audio_windows`, so both paths give the same tokens.
+Audio: one definition with inference (`musetalk.audio.context`): a frame sees the Whisper
+states of its source's audio encoded in 30 s windows aligned to the source's time 0. With cached
+features (`audio_features="cached"`, or "auto" on shards preprocessed with
+`audio.features=whisper`) the windows are computed here from the stored states. Otherwise
+(`"wav"`) the module encodes ``audio_wav`` window by window on its device and calls
+`context_audio_windows(states, audio_context, F)`, which takes the same steps and windows them
+with the same `audio_windows`, so both paths give inference's tokens.
 """
 
 from __future__ import annotations
@@ -47,48 +52,42 @@ from typing import Any
 import numpy as np
 import torch
 
+from musetalk.audio.context import WINDOW_SAMPLES, WINDOW_STEPS_30S, context_features
 from musetalk.audio.mel import log_mel, mel_window
-from musetalk.audio.windows import audio_windows, num_steps_for
+from musetalk.audio.windows import audio_windows
 from musetalk.data.reader import Sample, decode_image, decode_sample
 from musetalk.data.schema import frame_member
 from musetalk.errors import ShardError
 from musetalk.face import region
-from musetalk.timebase import SAMPLE_RATE
 from musetalk.training.bad_data import BadDataLog
-from musetalk.training.crops import context_box, mouth_box
+from musetalk.training.crops import MOUTH_PADDING, context_box, mouth_box
 from musetalk.training.reference import REFERENCE_RULES, select_references
 
 __all__ = [
-    "WAV_SAMPLES",
     "ClipOptions",
     "collate",
+    "context_audio_windows",
     "make_clips",
     "train_clips",
     "val_clips",
-    "wav_audio_windows",
 ]
 
-WAV_SAMPLES = 30 * SAMPLE_RATE  # audio_wav length: one 30 s Whisper window
 IMAGE_FIELDS = ("target", "reference")
 MAX_SKIPPED = 1000  # consecutive unusable samples before a training stream gives up
 
 
-def wav_audio_windows(
-    features: torch.Tensor, audio_samples: torch.Tensor, frame_index: torch.Tensor
+def context_audio_windows(
+    states: torch.Tensor, audio_context: torch.Tensor, num_frames: int
 ) -> torch.Tensor:
-    """(B, F, 10 L, d) audio tokens from Whisper features of a wav-mode batch.
+    """(B, F, 10 L, d) audio tokens of a wav-mode batch.
 
-    features: (B, T50, L, d) encoder states of ``batch["audio_wav"]`` (T50 >= the sample's
-    steps, e.g. 1500 for the padded 30 s); audio_samples: (B,) ``batch["audio_samples"]``;
-    frame_index: (B, F) consecutive ``batch["frame_index"]``. Each sample's features are cut
-    to its own `num_steps_for(audio_samples)` steps (the cached features' length), then windowed
-    with `audio_windows`, so frames near the end see the same zero padding as cached features.
+    states: (B, W x 1500, L, d) encoder states of ``batch["audio_wav"]`` window by window;
+    audio_context: (B, 3) ``batch["audio_context"]`` (first row, number of rows, start frame).
     """
     out = []
-    for b in range(features.shape[0]):
-        steps = num_steps_for(int(audio_samples[b]))
-        frames = frame_index[b]
-        out.append(audio_windows(features[b, :steps], len(frames), start_frame=int(frames[0])))
+    for b in range(states.shape[0]):
+        first, count, start = (int(v) for v in audio_context[b])
+        out.append(audio_windows(states[b, first : first + count], num_frames, start_frame=start))
     return torch.stack(out)
 
 
@@ -108,7 +107,8 @@ class ClipOptions:
     reference_fraction: float = 0.51
     bottom_margin: tuple[float, float, float] | None = None
     shift_augment: float = 0.0
-    mouth_margin: float = 0.1
+    mouth_padding: float = MOUTH_PADDING
+    min_face_size: float = 0.0
     sync_mel: bool = False
     audio: str = "cached"
 
@@ -128,8 +128,11 @@ class ClipOptions:
             raise ValueError(f"bottom_margin mean/std/max must be >= 0, got {self.bottom_margin}")
         if not 0 <= self.shift_augment <= 1:
             raise ValueError(f"shift_augment must be in [0, 1], got {self.shift_augment}")
-        if self.mouth_margin < 0:
-            raise ValueError(f"mouth_margin must be >= 0, got {self.mouth_margin}")
+        if self.mouth_padding < 0 or self.min_face_size < 0:
+            raise ValueError(
+                f"mouth_padding and min_face_size must be >= 0, got {self.mouth_padding}, "
+                f"{self.min_face_size}"
+            )
         if self.audio not in ("cached", "wav"):
             raise ValueError(f"audio must be 'cached' or 'wav', got {self.audio!r}")
 
@@ -150,6 +153,14 @@ def _draw_shift(options: ClipOptions, rng: np.random.Generator, norms: np.ndarra
     if options.shift_augment <= 0 or norms.size == 0 or rng.random() >= options.shift_augment:
         return math.nan
     return float(norms[rng.integers(norms.size)])
+
+
+def face_width(meta: dict[str, Any]) -> float:
+    """Width (original-frame px) of the first frame's union of detector box and landmark
+    extent: what MuseTalk's `min_face_size` filter compares (150 px stage 1, 200 stage 2)."""
+    lms = np.asarray(meta["landmarks"][0], dtype=np.float64)
+    det = np.asarray(meta["det_box"][0], dtype=np.float64)
+    return float(max(det[2], lms[:, 0].max()) - min(det[0], lms[:, 0].min()))
 
 
 class _SampleCrops:
@@ -185,7 +196,7 @@ class _SampleCrops:
             lm, rect, stored = self.lms[i], self.rects[i], self.sizes[i]
             box = context_box(lm, self.det[i], rect, stored, margin, shift)
             out.append(region.crop(self.image(int(i)), box, size))
-            mouths.append(mouth_box(lm, rect, stored, box, self.options.mouth_margin, size))
+            mouths.append(mouth_box(lm, rect, stored, box, self.options.mouth_padding, size))
         return np.stack(out), np.stack(mouths)
 
 
@@ -194,22 +205,21 @@ def _check_audio_mode(sample: Sample, options: ClipOptions, where: str) -> None:
         raise ShardError(
             f"{where}: no cached Whisper features (<key>.whisper.npy); use audio_features='wav'"
         )
-    if options.audio == "wav" and len(sample.audio) > WAV_SAMPLES:
-        raise ShardError(
-            f"{where}: {len(sample.audio) / SAMPLE_RATE:.1f} s of audio does not fit the 30 s "
-            "audio_wav; preprocess with audio.features=whisper or shorter samples"
-        )
 
 
 def _audio_fields(sample: Sample, options: ClipOptions, targets: np.ndarray) -> dict[str, Any]:
-    """The clip's audio: cached Whisper windows, or the sample's wav for on-device encoding."""
+    """The clip's audio: cached Whisper windows, or the sample's audio context for on-device
+    encoding (`musetalk.audio.context`)."""
+    context, t0 = sample.context, int(targets[0])
     if options.audio == "cached":
-        windows = audio_windows(sample.whisper, len(targets), start_frame=int(targets[0]))
+        windows = context_features(sample.whisper, context, len(targets), start=t0)
         return {"audio": windows.astype(np.float32)}
+    first = context.first_step - context.first_window * WINDOW_STEPS_30S
     return {
-        "audio_wav": sample.audio,
-        "audio_samples": np.int64(len(sample.audio)),
-        "frame_index": targets.copy(),
+        "audio_wav": sample.context_audio,
+        "audio_context": np.array(
+            [first, context.num_steps, context.token_start_frame + t0], dtype=np.int64
+        ),
     }
 
 
@@ -219,12 +229,13 @@ def make_clips(
     """The clips of one raw webdataset sample (member suffix -> bytes), as numpy items.
 
     Refuses unknown schema/region versions (ShardError). Returns [] for samples shorter
-    than `options.min_frames`. Item fields are those of the batch contract, with images as
+    than `options.min_frames` or whose face is narrower than `options.min_face_size`. Item
+    fields are those of the batch contract, with images as
     (F, S, S, 3) uint8 and ``audio_wav`` unpadded (`collate` converts and pads).
     """
-    sample = decode_sample(raw, images=False)
+    sample = decode_sample(raw, images=False, context_audio=options.audio == "wav")
     num = int(sample.meta["num_frames"])
-    if num < options.min_frames:
+    if num < options.min_frames or face_width(sample.meta) < options.min_face_size:
         return []
     where = f"{sample.url}:{sample.key}"
     _check_audio_mode(sample, options, where)
@@ -272,7 +283,9 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if name == "key":
             continue
         if name == "audio_wav":
-            wav = np.zeros((len(items), WAV_SAMPLES), dtype=np.float32)
+            longest = max(len(item[name]) for item in items)
+            windows = -(-longest // WINDOW_SAMPLES)
+            wav = np.zeros((len(items), windows * WINDOW_SAMPLES), dtype=np.float32)
             for b, item in enumerate(items):
                 wav[b, : len(item[name])] = item[name]
             batch[name] = torch.from_numpy(wav)
@@ -296,7 +309,8 @@ def train_clips(
         if skipped >= MAX_SKIPPED:
             raise ValueError(
                 f"{MAX_SKIPPED} samples in a row are shorter than {options.min_frames} frames "
-                "(frames_per_sample, 2 * min_reference_gap + 1): nothing to train on"
+                "(frames_per_sample, 2 * min_reference_gap + 1) or have a face narrower than "
+                f"min_face_size {options.min_face_size:g} px: nothing to train on"
             )
         yield from clips
 

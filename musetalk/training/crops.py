@@ -52,23 +52,28 @@ def context_box(
     return box
 
 
+#: MuseTalk's mouth-discriminator box: the lips' x-extent +- this many px of a 256 px crop.
+MOUTH_PADDING = 10.0
+
+
 def mouth_box(
     landmarks: np.ndarray,
     crop_rect: Sequence[int],
     crop_size: Sequence[int],
     box: np.ndarray,
-    margin: float,
+    padding: float,
     size: int,
 ) -> np.ndarray:
-    """(4,) lips box grown by `margin` of its size per side, in S x S crop pixels."""
-    lips = region.points_to_crop(landmarks[48:68], crop_rect, crop_size)
-    (lx1, ly1), (lx2, ly2) = lips.min(axis=0), lips.max(axis=0)
-    grow_x, grow_y = margin * (lx2 - lx1), margin * (ly2 - ly1)
+    """(4,) mouth box (x1, y1, x2, y2) in S x S training-crop pixels, MuseTalk's rule: the x
+    extent of lips landmarks 48-66 +- `padding` px (in a 256 px crop, scaled to S), height =
+    width / 2, centred on the lips' y midpoint; clipped to the crop. `box` is the training
+    crop's box in the stored context crop (`context_box`)."""
+    lips = region.points_to_crop(landmarks[48:67], crop_rect, crop_size)
     x1, y1, x2, y2 = region.pixel_rect(box, (int(crop_size[1]), int(crop_size[0])))
-    sx, sy = size / (x2 - x1), size / (y2 - y1)
-    out = np.array(
-        [(lx1 - grow_x - x1) * sx, (ly1 - grow_y - y1) * sy, (lx2 + grow_x - x1) * sx,
-         (ly2 + grow_y - y1) * sy],
-        dtype=np.float32,
-    )  # fmt: skip
+    lips = (lips - (x1, y1)) * (size / (x2 - x1), size / (y2 - y1))  # into S x S crop pixels
+    pad = padding * size / region.CROP_SIZE
+    left, right = lips[:, 0].min() - pad, lips[:, 0].max() + pad
+    middle = (lips[:, 1].min() + lips[:, 1].max()) / 2
+    half = (right - left) / 4
+    out = np.array([left, middle - half, right, middle + half], dtype=np.float32)
     return np.clip(out, 0, size)

@@ -43,6 +43,7 @@ from musetalk.data.reader import decode_sample, raw_samples, resolve_shards
 from musetalk.errors import ConfigError, ShardError
 from musetalk.training.bad_data import BadDataLog
 from musetalk.training.clips import ClipOptions, collate, train_clips, val_clips
+from musetalk.training.crops import MOUTH_PADDING
 
 __all__ = ["AUDIO_MODES", "ShardClips", "TalkingFaceDataModule"]
 
@@ -184,10 +185,14 @@ class TalkingFaceDataModule(L.LightningDataModule):
     shift_augment: probability (bool: 0/1) of cropping a clip with the inference box at a
         bbox_shift drawn from the sample's own per-frame equivalent_shift_norm values, times
         each frame's nose length, instead of the training box. Off by default.
-    mouth_margin: mouth_box growth per side as a fraction of the lips' width / height.
+    mouth_padding: px (at a 256 px crop) added left and right of the lips for the mouth
+        discriminator's box (MuseTalk: 10). min_face_size: samples whose first frame's face
+        (detector box joined with the landmark extent) is narrower than this many original
+        pixels are left out (MuseTalk: 150 in stage 1, 200 in stage 2; 0 = off).
     sync_mel: add ``mel`` (stage 2 sync loss).
     audio_features: "cached" (shards' Whisper features -> ``audio``), "wav" (``audio_wav`` +
-        ``frame_index`` + ``audio_samples``) or "auto" (cached when the first sample has them).
+        ``audio_context``: the module encodes the audio context) or "auto" (cached when the
+        first sample has them).
     val_shards: validation shards (same forms as `shards`); else val_fraction > 0 holds out the
         last ceil(val_fraction * n) training shards; else no validation.
     val_batch_size: defaults to batch_size. seed: base seed of all draws.
@@ -217,7 +222,8 @@ class TalkingFaceDataModule(L.LightningDataModule):
         reference_fraction: Annotated[float, Field(gt=0, le=1)] = 0.51,
         bottom_margin: Mapping[str, Annotated[float, Field(ge=0)]] | None = None,
         shift_augment: bool | Annotated[float, Field(ge=0, le=1)] = False,
-        mouth_margin: Annotated[float, Field(ge=0)] = 0.1,
+        mouth_padding: Annotated[float, Field(ge=0)] = MOUTH_PADDING,
+        min_face_size: Annotated[float, Field(ge=0)] = 0.0,
         sync_mel: bool = False,
         audio_features: Literal["auto", "cached", "wav"] = "auto",
         val_shards: str | Sequence[str] | None = None,
@@ -251,7 +257,8 @@ class TalkingFaceDataModule(L.LightningDataModule):
             reference_fraction=reference_fraction,
             bottom_margin=_margin_tuple(bottom_margin),
             shift_augment=float(shift_augment),
-            mouth_margin=mouth_margin,
+            mouth_padding=mouth_padding,
+            min_face_size=min_face_size,
             sync_mel=sync_mel,
         )
         self.train_urls: list[str] | None = None

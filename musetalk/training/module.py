@@ -11,16 +11,20 @@ Optimisation is manual in every stage, so that stage 1 and stage 2 step the same
 backward per batch of (generator loss + discriminator losses), where the discriminators get no
 gradient from the generator terms and the UNet none from the discriminator terms; gradients are
 accumulated over `accumulate_grad_batches` batches (DDP gradient sync only on the last one), then
-each optimizer (AdamW: the UNet's with linear warmup, one per discriminator) clips and steps.
+each optimizer (AdamW: the UNet's with linear warmup then `lr_schedule`, one per discriminator
+with `discriminator_lr_schedule`) clips and steps.
 `trainer.global_step` counts UNet updates only: the discriminators step their torch optimizers
 directly, which Lightning does not count.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Mapping
 from contextlib import nullcontext
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import lightning as L
 import torch
@@ -29,11 +33,15 @@ from lightning.pytorch.strategies import ParallelStrategy
 from pydantic import ConfigDict, Field, validate_call
 from torch import nn
 
+from musetalk.audio.context import WINDOW_SAMPLES
 from musetalk.audio.whisper import WhisperEncoder
 from musetalk.audio.windows import add_positional_encoding
+from musetalk.errors import ConfigError
 from musetalk.losses import AdversarialLoss, SyncLoss
 from musetalk.models import decode, encode, load_unet, mask_lower_half, unet_input
-from musetalk.training.clips import wav_audio_windows
+from musetalk.models.export import read_training_info
+from musetalk.models.unet import read_weights
+from musetalk.training.clips import context_audio_windows
 
 __all__ = ["MuseTalkModule"]
 
@@ -50,11 +58,18 @@ class MuseTalkModule(L.LightningModule):
     losses: name -> loss module (`musetalk.losses`); inactive ones (weight 0) and None are
         dropped. Images go through the losses as (B*F, 3, S, S) in [-1, 1].
     audio_positional_encoding: add the sinusoidal encoding to the audio tokens (inference must
-        use the same value; the export records it).
+        use the same value; the export records it). None = what `init_unet` was trained with:
+        its export's training.json or checkpoint record, else True (MuseTalk's released weights
+        are used with it at inference, and its maintainers call its absence in their training
+        script a mistake; random init follows the same convention).
     gradient_checkpointing: diffusers' activation checkpointing in the UNet.
     lr, betas, weight_decay, eps, warmup_steps: the UNet's AdamW and its linear warmup (optimizer
-        steps) to a constant lr.
-    discriminator_lr: AdamW lr of each discriminator (same betas, weight decay, eps).
+        steps); lr_schedule after the warmup: "linear" decay to 0 at `total_steps` (MuseTalk's
+        diffusers "linear"), "cosine" to 0, or "constant".
+    discriminator_lr: AdamW lr of each discriminator (same betas, weight decay, eps);
+        discriminator_lr_schedule: "cosine" annealing to `discriminator_min_lr` over
+        `total_steps` (MuseTalk: CosineAnnealingLR to 1e-6) or "constant".
+    total_steps: UNet optimizer steps the schedules span; None = the Trainer's max_steps.
     accumulate_grad_batches: batches per optimizer step. max_grad_norm: per-optimizer gradient
         norm clipping (None = off).
     """
@@ -67,14 +82,18 @@ class MuseTalkModule(L.LightningModule):
         whisper: WhisperEncoder,
         losses: Mapping[str, nn.Module | None],
         init_unet: str | None = None,
-        audio_positional_encoding: bool = True,
+        audio_positional_encoding: bool | None = None,
         gradient_checkpointing: bool = False,
         lr: Annotated[float, Field(gt=0)] = 2e-5,
         betas: tuple[Beta, Beta] = (0.5, 0.999),
         weight_decay: Annotated[float, Field(ge=0)] = 1e-2,
         eps: Annotated[float, Field(gt=0)] = 1e-8,
         warmup_steps: Annotated[int, Field(ge=0)] = 1000,
+        lr_schedule: Literal["linear", "cosine", "constant"] = "linear",
         discriminator_lr: Annotated[float, Field(gt=0)] = 5e-6,
+        discriminator_lr_schedule: Literal["cosine", "constant"] = "cosine",
+        discriminator_min_lr: Annotated[float, Field(ge=0)] = 1e-6,
+        total_steps: Annotated[int, Field(ge=1)] | None = None,
         accumulate_grad_batches: Annotated[int, Field(ge=1)] = 1,
         max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0,
     ) -> None:
@@ -92,6 +111,8 @@ class MuseTalkModule(L.LightningModule):
         if not active:
             raise ValueError(f"no active loss among {sorted(losses)} (all weights are 0)")
         self.losses = nn.ModuleDict(active)
+        if audio_positional_encoding is None:
+            audio_positional_encoding = trained_with_positional_encoding(init_unet)
         self.audio_positional_encoding = bool(audio_positional_encoding)
         self.init_unet = init_unet
         self.optim = {
@@ -101,7 +122,11 @@ class MuseTalkModule(L.LightningModule):
             "eps": float(eps),
         }
         self.warmup_steps = int(warmup_steps)
+        self.lr_schedule = lr_schedule
         self.discriminator_lr = float(discriminator_lr)
+        self.discriminator_lr_schedule = discriminator_lr_schedule
+        self.discriminator_min_lr = float(discriminator_min_lr)
+        self.total_steps = total_steps
         self.accumulate_grad_batches = int(accumulate_grad_batches)
         self.max_grad_norm = max_grad_norm
         self._running: dict[str, float] = {}
@@ -126,19 +151,37 @@ class MuseTalkModule(L.LightningModule):
             module.eval()
         return self
 
+    def schedule_steps(self) -> int:
+        """UNet optimizer steps the learning-rate schedules span."""
+        total = self.total_steps or self.trainer.max_steps
+        needs = self.lr_schedule != "constant" or self.discriminator_lr_schedule != "constant"
+        if needs and (total is None or total <= 0):
+            raise ConfigError(
+                f"module.lr_schedule={self.lr_schedule} needs the length of training: "
+                f"trainer.max_steps > 0 (or module.total_steps), got {total}"
+            )
+        return int(total)
+
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+        total = self.schedule_steps()
         unet_opt = torch.optim.AdamW(self.unet.parameters(), **self.optim)
-        warmup = self.warmup_steps
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            unet_opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        factor = functools.partial(
+            lr_factor, warmup=self.warmup_steps, total=total, schedule=self.lr_schedule
         )
-        disc_opts = [
-            torch.optim.AdamW(
+        schedules: list[Any] = [torch.optim.lr_scheduler.LambdaLR(unet_opt, factor)]
+        disc_opts = []
+        for loss in self.adversarial.values():
+            opt = torch.optim.AdamW(
                 loss.discriminator.parameters(), **{**self.optim, "lr": self.discriminator_lr}
             )
-            for loss in self.adversarial.values()
-        ]
-        return [unet_opt, *disc_opts], [schedule]
+            disc_opts.append(opt)
+            if self.discriminator_lr_schedule == "cosine":
+                schedules.append(
+                    torch.optim.lr_scheduler.CosineAnnealingLR(
+                        opt, T_max=total, eta_min=self.discriminator_min_lr
+                    )
+                )
+        return [unet_opt, *disc_opts], schedules
 
     def on_fit_start(self) -> None:
         precision = str(self.trainer.precision)
@@ -156,8 +199,11 @@ class MuseTalkModule(L.LightningModule):
         if "audio" in batch:
             tokens = batch["audio"]
         elif "audio_wav" in batch:
-            features = self.whisper.hidden_states(batch["audio_wav"])
-            tokens = wav_audio_windows(features, batch["audio_samples"], batch["frame_index"])
+            wav = batch["audio_wav"]
+            rows = wav.reshape(-1, WINDOW_SAMPLES)  # one 30 s window per row
+            states = self.whisper.hidden_states(rows)  # (B W, 1500, L, d)
+            states = states.reshape(wav.shape[0], -1, *states.shape[2:])
+            tokens = context_audio_windows(states, batch["audio_context"], batch["target"].shape[1])
         else:
             raise KeyError("the batch has neither 'audio' (cached windows) nor 'audio_wav'")
         tokens = tokens.flatten(0, 1).to(self.device, torch.float32)
@@ -193,10 +239,10 @@ class MuseTalkModule(L.LightningModule):
         discriminator = pred.new_zeros((), dtype=torch.float32)
         for name, loss in self.losses.items():
             if isinstance(loss, AdversarialLoss):
-                on = loss.factor(self.global_step)
-                gan, fm = loss.generator_terms(pred, target, boxes)
+                on = loss.factor(self.global_step)  # adversarial terms start at start_step;
+                gan, fm = loss.generator_terms(pred, target, boxes)  # feature matching at 0
                 d_loss = loss.discriminator_loss(pred.detach(), target, boxes)
-                generator = generator + on * (loss.weight * gan + loss.feature_matching * fm)
+                generator = generator + on * loss.weight * gan + loss.feature_matching * fm
                 discriminator = discriminator + on * d_loss
                 terms |= {name: gan, f"{name}_fm": fm, f"{name}_d": d_loss}
             elif isinstance(loss, SyncLoss):
@@ -234,7 +280,9 @@ class MuseTalkModule(L.LightningModule):
             self._clip(unet_opt)
             unet_opt.step()
             unet_opt.zero_grad(set_to_none=True)
-            self.lr_schedulers().step()
+            schedulers = self.lr_schedulers()
+            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+                scheduler.step()
             self._log_running(lr)
         return total.detach()
 
@@ -330,3 +378,32 @@ class MuseTalkModule(L.LightningModule):
                 f"the checkpoint was trained with audio_positional_encoding={saved}, this run "
                 f"has {self.audio_positional_encoding}: resume with the same value"
             )
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """The UNet's lr factor at optimizer step `step`: linear warmup over `warmup` steps, then
+    `schedule` ("linear" or "cosine" to 0 at `total`, or "constant")."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def trained_with_positional_encoding(init_unet: str | None) -> bool:
+    """Whether the weights in `init_unet` were trained with the audio positional encoding: the
+    record of our export (training.json next to it) or checkpoint, else True (see
+    `MuseTalkModule`)."""
+    if init_unet is None:
+        return True
+    path = Path(init_unet)
+    info = read_training_info(path.parent) if path.parent.is_dir() else None
+    if info is not None and "audio_positional_encoding" in info:
+        return bool(info["audio_positional_encoding"])
+    if path.suffix == ".ckpt":
+        record = read_weights(path).get("musetalk", {})
+        return bool(record.get("audio_positional_encoding", True))
+    return True

@@ -1,0 +1,1 @@
+"""Evaluation: lip-sync metrics of generated videos (`python eval.py`), SyncNet v2 LSE."""
