@@ -62,11 +62,14 @@ def train(cfg: DictConfig) -> TrainResult:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Train; returns `cfg.optimized_metric`'s last value (what Hydra sweepers optimise)."""
     with user_errors("train"):
         result = train(cfg)
-    if rank_zero_only.rank == 0:
-        print(f"train: {result.global_step} steps in {result.run_dir}; export: {result.export_dir}")
+        if rank_zero_only.rank == 0:
+            steps, where = result.global_step, result.run_dir
+            print(f"train: {steps} steps in {where}; export: {result.export_dir}")
+        return result.metric(cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

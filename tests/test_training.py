@@ -34,6 +34,7 @@ from musetalk.audio import load_audio
 from musetalk.audio.whisper import WhisperEncoder
 from musetalk.audio.windows import audio_windows
 from musetalk.data.reader import iter_samples
+from musetalk.errors import ConfigError
 from musetalk.losses import (
     LATENTSYNC_SYNCNET,
     AdversarialLoss,
@@ -509,7 +510,27 @@ def test_tiny_run_end_to_end_checkpoints_export_images_and_logs(stage1_run) -> N
         assert row["train/lr"] == pytest.approx(1e-4 * min(1.0, step / 5))
         assert row["train/loss"] == pytest.approx(row["train/l1"] + 0.01 * row["train/perceptual"])
         assert row["throughput/samples_per_s"] > 0
-    assert any("val/l1" in r for r in metrics(run))
+    val = [r for r in metrics(run) if "val/l1" in r]
+    assert val and all(
+        {"val/psnr_mouth", "val/ssim_mouth"} <= set(r) and "val/lmd" not in r for r in val
+    )  # 64 px crops: too small for landmarks, so no LMD
+    assert result.metric("val/psnr_mouth") == pytest.approx(val[-1]["val/psnr_mouth"])
+    assert result.metric(None) is None
+    with pytest.raises(ConfigError, match="optimized_metric='val/nothing' was not logged"):
+        result.metric("val/nothing")
+
+
+def test_validation_lmd_fits_landmarks_on_both_crops(shards: Path, tmp_path: Path) -> None:
+    """val/lmd: 0 for a prediction equal to the target, > 0 when the mouth moved (the lower
+    half of the crop shifted down by 6 px)."""
+    cfg = tiny_cfg(shards, tmp_path, "data.crop_size=128")
+    batch = next(iter(instantiate(cfg.data).train_loader()))
+    module = instantiate(cfg.module)
+    target = batch["target"].flatten(0, 1)
+    assert module._lmd(target, target) == 0.0
+    moved = target.clone()
+    moved[..., 70:, :] = target[..., 64:-6, :]
+    assert module._lmd(moved, target) > 0.005
 
 
 def test_overfitting_a_few_samples_lowers_the_loss(shards: Path, tmp_path: Path) -> None:

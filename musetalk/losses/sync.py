@@ -255,6 +255,12 @@ class SyncLoss(nn.Module):
     def forward(self, frames: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         """Scalar loss (unweighted) of generated clips (B, F, 3, S, S) in [-1, 1] and their mel
         (B, 80, 52): mean over clips of -log(clamp(cos(video, audio), 0, 1))."""
+        similarity = self.similarity(frames, mel).clamp(0, 1)
+        return F.binary_cross_entropy(similarity, torch.ones_like(similarity))
+
+    def similarity(self, frames: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """(B,) cosine similarity of the SyncNet embeddings of clips (B, F, 3, S, S) in [-1, 1]
+        (their lower halves) and their mel (B, 80, 52): near 1 in sync."""
         if self.syncnet is None:
             raise RuntimeError("the sync loss has weight 0 and no network")
         b, f, c, s, _ = frames.shape
@@ -269,5 +275,4 @@ class SyncLoss(nn.Module):
                 f"video embedding {tuple(video.shape)} vs audio {tuple(audio.shape)}: this SyncNet "
                 f"expects other lower-half faces than (3 x {f}, {s - s // 2}, {frames.shape[-1]})"
             )
-        similarity = (video.float() * audio.float()).sum(dim=1).clamp(0, 1)
-        return F.binary_cross_entropy(similarity, torch.ones_like(similarity))
+        return (video.float() * audio.float()).sum(dim=1)

@@ -83,15 +83,23 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def image_grid(columns: list[torch.Tensor], pad: int = 2) -> np.ndarray:
-    """(rows * H + pads, cols * W + pads, 3) uint8 RGB grid: column c shows `columns[c]`
-    ((N, 3, H, W) in [-1, 1]), one row per image, white padding."""
+def image_grid(
+    columns: list[torch.Tensor], pad: int = 2, labels: list[str] | None = None
+) -> np.ndarray:
+    """(header + rows * H + pads, cols * W + pads, 3) uint8 RGB grid: column c shows
+    `columns[c]` ((N, 3, H, W) in [-1, 1]), one row per image, white padding; with `labels`, a
+    header row names the columns."""
     cols = [_to_uint8(c) for c in columns]
     n, h, w, _ = cols[0].shape
-    grid = np.full((n * (h + pad) + pad, len(cols) * (w + pad) + pad, 3), 255, np.uint8)
+    top = 18 if labels else 0
+    grid = np.full((top + n * (h + pad) + pad, len(cols) * (w + pad) + pad, 3), 255, np.uint8)
     for c, images in enumerate(cols):
+        x = pad + c * (w + pad)
+        if labels:
+            scale = min(0.45, 0.9 * w / (9 * max(1, len(labels[c]))))
+            cv2.putText(grid, labels[c], (x + 2, 13), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1)
         for r in range(n):
-            y, x = pad + r * (h + pad), pad + c * (w + pad)
+            y = top + pad + r * (h + pad)
             grid[y : y + h, x : x + w] = images[r]
     return grid
 
@@ -102,6 +110,7 @@ class ImageGrid(L.Callback):
     that take images (W&B `log_image`, TensorBoard `add_image`)."""
 
     COLUMNS = ("masked", "reference", "pred", "target")
+    LABELS = ["masked input", "reference", "prediction", "ground truth"]
 
     def __init__(self, dirpath: str, max_images: int = 8) -> None:
         self.dirpath = Path(dirpath)
@@ -121,7 +130,7 @@ class ImageGrid(L.Callback):
             return
         if not trainer.is_global_zero or not isinstance(outputs, Mapping):
             return
-        grid = image_grid([outputs[k][: self.max_images] for k in self.COLUMNS])
+        grid = image_grid([outputs[k][: self.max_images] for k in self.COLUMNS], labels=self.LABELS)
         self.dirpath.mkdir(parents=True, exist_ok=True)
         path = self.dirpath / f"val_step{trainer.global_step:07d}.png"
         if not cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from lightning.pytorch.strategies import ParallelStrategy
@@ -70,6 +71,10 @@ class MuseTalkModule(L.LightningModule):
         discriminator_lr_schedule: "cosine" annealing to `discriminator_min_lr` over
         `total_steps` (MuseTalk: CosineAnnealingLR to 1e-6) or "constant".
     total_steps: UNet optimizer steps the schedules span; None = the Trainer's max_steps.
+    val_face: face backend that fits landmarks on validation crops for `val/lmd` (the mouth
+        landmark distance, predicted vs ground truth, in inter-ocular distances); None = off.
+        Only crops of at least `val_lmd_min_size` px are measured (landmark fits on smaller
+        faces are noise).
     accumulate_grad_batches: batches per optimizer step. max_grad_norm: per-optimizer gradient
         norm clipping (None = off).
     """
@@ -96,6 +101,8 @@ class MuseTalkModule(L.LightningModule):
         total_steps: Annotated[int, Field(ge=1)] | None = None,
         accumulate_grad_batches: Annotated[int, Field(ge=1)] = 1,
         max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0,
+        val_face: str | None = "dlib",
+        val_lmd_min_size: Annotated[int, Field(ge=32)] = 128,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -127,6 +134,9 @@ class MuseTalkModule(L.LightningModule):
         self.discriminator_lr_schedule = discriminator_lr_schedule
         self.discriminator_min_lr = float(discriminator_min_lr)
         self.total_steps = total_steps
+        self.val_face = val_face
+        self.val_lmd_min_size = int(val_lmd_min_size)
+        self._val_analyzer: Any = None
         self.accumulate_grad_batches = int(accumulate_grad_batches)
         self.max_grad_norm = max_grad_norm
         self._running: dict[str, float] = {}
@@ -321,17 +331,49 @@ class MuseTalkModule(L.LightningModule):
         self._val_clips = 0
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        """The image losses (L1, perceptual) on a validation batch, summed for the epoch mean;
-        returns the images ({"masked", "reference", "pred", "target"}, the first 16 as
-        (N, 3, S, S) on the CPU) for the image grid callback."""
+        """Self-reconstruction of the held-out clips (target frames from a reference frame and
+        their own audio): the image losses (L1, perceptual), `psnr_mouth` / `ssim_mouth` of the
+        lower half, `lmd` (with `val_face`, on large enough crops) and `sync_conf` (the sync
+        loss's SyncNet similarity, when that loss is on), summed for the epoch mean. Returns the
+        images ({"masked", "reference", "pred", "target"}, the first 16 as (N, 3, S, S) on the
+        CPU) for the image grid callback."""
         out = self(batch)
         n = batch["target"].shape[0]
+        values: dict[str, float] = {}
         for name, loss in self.losses.items():
-            if not isinstance(loss, (AdversarialLoss, SyncLoss)):
-                value = float(loss(out["pred"], out["target"]))
-                self._val_sums[name] = self._val_sums.get(name, 0.0) + value * n
+            if isinstance(loss, SyncLoss):
+                clips = out["pred"].unflatten(0, batch["target"].shape[:2])
+                values["sync_conf"] = float(loss.similarity(clips, batch["mel"]).mean())
+            elif not isinstance(loss, AdversarialLoss):
+                values[name] = float(loss(out["pred"], out["target"]))
+        values |= mouth_scores(out["pred"], out["target"])
+        if self.val_face is not None and out["pred"].shape[-1] >= self.val_lmd_min_size:
+            score = self._lmd(out["pred"], out["target"])
+            if score is not None:
+                values["lmd"] = score
+        for name, value in values.items():
+            self._val_sums[name] = self._val_sums.get(name, 0.0) + value * n
         self._val_clips += n
         return {k: v[:16].detach().float().cpu() for k, v in out.items()}
+
+    def _lmd(self, pred: torch.Tensor, target: torch.Tensor) -> float | None:
+        """Mean mouth LMD of predicted vs target crops, landmarks fitted on both with the
+        validation face backend in the whole crop; None when no crop gives a usable fit."""
+        from musetalk.eval.metrics import inter_ocular, lmd
+        from musetalk.face import build_analyzer
+
+        if self._val_analyzer is None:
+            self._val_analyzer = build_analyzer(self.val_face)
+        size = pred.shape[-1]
+        box = [np.array([0.0, 0.0, size, size])]
+        fits = []
+        for images in (pred, target):
+            pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            frames = pixels.permute(0, 2, 3, 1).cpu().numpy()
+            fits.append(np.stack([self._val_analyzer.landmarks(f, box)[0] for f in frames]))
+        scale = inter_ocular(fits[1])
+        ok = scale > 0
+        return float(lmd(fits[0][ok], fits[1][ok], scale[ok]).mean()) if ok.any() else None
 
     def on_validation_epoch_end(self) -> None:
         """Clip-weighted means over all ranks, logged at x = `global_step` (directly to the
@@ -407,3 +449,20 @@ def trained_with_positional_encoding(init_unet: str | None) -> bool:
         record = read_weights(path).get("musetalk", {})
         return bool(record.get("audio_positional_encoding", True))
     return True
+
+
+def mouth_scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """PSNR (dB) and SSIM of the lower halves of (N, 3, S, S) crops in [-1, 1]."""
+    from torchmetrics.functional.image import (
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )
+
+    half = pred.shape[-2] // 2
+    p = (pred[..., half:, :].detach().float().clamp(-1, 1) + 1) / 2
+    t = (target[..., half:, :].detach().float() + 1) / 2
+    psnr = peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return {
+        "psnr_mouth": float(psnr.clamp(max=100).mean()),
+        "ssim_mouth": float(structural_similarity_index_measure(p, t, data_range=1.0)),
+    }

@@ -21,7 +21,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
-from musetalk.errors import CheckpointError, UnsafeFileError
+from musetalk.errors import CheckpointError, ConfigError, UnsafeFileError
 from musetalk.training.callbacks import ExportUNet
 
 __all__ = [
@@ -50,6 +50,18 @@ class TrainResult:
     last_checkpoint: Path | None
     export_dir: Path | None
     metrics: dict[str, float]
+
+    def metric(self, name: str | None) -> float | None:
+        """The last logged value of `name` (e.g. "val/lmd"); None for no name; ConfigError when
+        the run never logged it."""
+        if name is None:
+            return None
+        if name not in self.metrics:
+            raise ConfigError(
+                f"optimized_metric={name!r} was not logged by this run (logged: "
+                f"{', '.join(sorted(self.metrics))}); validation metrics need validation shards"
+            )
+        return self.metrics[name]
 
 
 def seed_run(seed: int) -> None:
