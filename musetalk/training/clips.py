@@ -163,7 +163,7 @@ def face_width(meta: dict[str, Any]) -> float:
     return float(max(det[2], lms[:, 0].max()) - min(det[0], lms[:, 0].min()))
 
 
-class _SampleCrops:
+class SampleCrops:
     """Training crops of one decoded sample's frames, decoding each JPEG at most once."""
 
     def __init__(self, raw: dict[str, Any], meta: dict[str, Any], where: str, options: ClipOptions):
@@ -239,7 +239,7 @@ def make_clips(
         return []
     where = f"{sample.url}:{sample.key}"
     _check_audio_mode(sample, options, where)
-    crops = _SampleCrops(raw, sample.meta, where, options)
+    crops = SampleCrops(raw, sample.meta, where, options)
     shifts = sample.meta["equivalent_shift_norm"]
     norms = np.array([v for v in shifts if v is not None], dtype=np.float64)
     mel = log_mel(sample.audio) if options.sync_mel else None
