@@ -182,6 +182,11 @@ def test_experiment_configs_compose_with_the_recipe_values(tmp_path: Path) -> No
     tiny = compose_train("+experiment=tiny", *common)
     assert OmegaConf.to_container(tiny.model.unet.config) == TINY_UNET
     assert tiny.trainer.accelerator == "cpu" and "csv" in tiny.logger
+    learn = compose_train("+experiment=learn", *common, "data.val_shards=/data/held_out")
+    assert OmegaConf.to_container(learn.model.unet.config) == TINY_UNET
+    assert learn.losses.perceptual is None and learn.data.crop_size == 64
+    with pytest.raises(MissingMandatoryValue, match="source"):  # the VAE dir is the user's
+        OmegaConf.to_container(learn, throw_on_missing=True)
 
     # The full UNet as the config builds it (~850 M parameters, a few GB: once).
     unet = instantiate(stage1.model.unet)
