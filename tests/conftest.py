@@ -22,6 +22,14 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_talking(shared_data: Path):
+    """3 s of the real talking video at 360x640 and its audio (see synth.small_talking_clip)."""
+    import synth
+
+    return synth.small_talking_clip(shared_data / "talking_demo1.mp4", 3)
+
+
+@pytest.fixture(scope="session")
 def both_videos_shards(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Shards of both real videos (yongen paired with its wav via a csv list), 100-frame
     samples, made once per test session by the real preprocessing."""

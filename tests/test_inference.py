@@ -208,6 +208,63 @@ def test_export_dir_uses_its_training_settings(models_dir, tmp_path):
     assert pipe.audio_positional_encoding is True and pipe.builtin_shift is None
 
 
+def test_export_records_of_the_frozen_networks(models_dir, tmp_path, monkeypatch):
+    """training.json format 2: a hub id keeps the commit found in the local HF cache, a local
+    directory its weight hashes (a change warns, a missing one is an error naming the override),
+    a random network is saved into the export."""
+    from musetalk.errors import CheckpointError
+    from musetalk.models.provenance import frozen_record, resolve_frozen
+
+    # a hub id: the revision is the snapshot from_pretrained read (a real cache layout)
+    cache = tmp_path / "hub"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = cache / "models--org--tiny-vae" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--org--tiny-vae" / "refs").mkdir()
+    (cache / "models--org--tiny-vae" / "refs" / "main").write_text(commit)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))  # as HF_HUB_CACHE=
+    hub = frozen_record("org/tiny-vae", tmp_path, "vae", lambda p: None)
+    assert hub == {"source": "org/tiny-vae", "revision": commit}
+    assert resolve_frozen(hub, tmp_path, "VAE", "infer_model.vae", "x/y") == (
+        "org/tiny-vae",
+        commit,
+    )
+    assert frozen_record("org/not-cached", tmp_path, "vae", lambda p: None)["revision"] is None
+
+    # a local directory: hashes recorded; same files pass, changed files warn, gone is an error
+    vae_dir = tmp_path / "sd-vae"
+    shutil.copytree(models_dir / "sd-vae", vae_dir)
+    local = frozen_record(str(vae_dir), tmp_path, "vae", lambda p: None)
+    assert local["source"] == str(vae_dir.resolve()) and len(local["sha256"]) == 1
+    assert resolve_frozen(local, tmp_path, "VAE", "infer_model.vae", "x/y") == (str(vae_dir), None)
+    weights = next(vae_dir.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.warns(UserWarning, match="differ from the ones the export was trained with"):
+        resolve_frozen(local, tmp_path, "VAE", "infer_model.vae", "x/y")
+    shutil.rmtree(vae_dir)
+    with pytest.raises(MissingWeightsError, match="pass infer_model.vae="):
+        resolve_frozen(local, tmp_path, "VAE", "infer_model.vae", "x/y")
+
+    # random init: saved under the export, resolved relative to wherever the export now is
+    export = tmp_path / "export"
+    export.mkdir()
+    vae = AutoencoderKL(**TINY_VAE)
+    bundled = frozen_record(None, export, "vae", vae.save_pretrained)
+    assert bundled["bundled"] is True and (export / "vae" / "config.json").is_file()
+    moved = tmp_path / "moved"
+    export.rename(moved)
+    assert resolve_frozen(bundled, moved, "VAE", "infer_model.vae", "x/y") == (
+        str(moved / "vae"),
+        None,
+    )
+    # format 1 (a plain string) and nothing recorded still resolve; garbage does not
+    assert resolve_frozen(None, moved, "VAE", "o", "default/id") == ("default/id", None)
+    assert resolve_frozen("org/x", moved, "VAE", "o", "default/id") == ("org/x", None)
+    with pytest.raises(CheckpointError, match="unreadable VAE record"):
+        resolve_frozen({"revision": 3}, moved, "VAE", "o", "default/id")
+
+
 def test_cli_tiny_model_image_input_and_auto_shift(demo_faces, speech, tmp_path):
     image = tmp_path / "face.png"
     import cv2

@@ -29,7 +29,7 @@ from musetalk.errors import NoAudioStream, OutputRefusedError
 from musetalk.face import region
 from musetalk.face.analyzer import Face
 from musetalk.face.tracking import TrackedFace
-from musetalk.video import iter_frames, probe
+from musetalk.video import probe
 
 REPO = Path(__file__).resolve().parents[1]
 SECONDS = 3  # length of the synthesised clips
@@ -53,17 +53,14 @@ def tar_digest(output: Path) -> dict[str, list[tuple[str, str]]]:
 
 
 @pytest.fixture(scope="module")
-def face_frames(shared_data) -> list[np.ndarray]:
+def face_frames(small_talking) -> list[np.ndarray]:
     """3 s of the real talking video at 360x640 (face ~75 px wide): fast but real."""
-    return [
-        cv2.resize(f, (360, 640), interpolation=cv2.INTER_AREA)
-        for _, f in iter_frames(shared_data / "talking_demo1.mp4", end=25 * SECONDS)
-    ]
+    return small_talking[0][: 25 * SECONDS]
 
 
 @pytest.fixture(scope="module")
-def speech(shared_data) -> np.ndarray:
-    return load_audio(shared_data / "talking_demo1.mp4")[: 16000 * SECONDS]
+def speech(small_talking) -> np.ndarray:
+    return small_talking[1][: 16000 * SECONDS]
 
 
 @pytest.fixture(scope="module")

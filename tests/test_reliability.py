@@ -24,11 +24,9 @@ import numpy as np
 import pytest
 import synth
 
-from musetalk.audio import load_audio
 from musetalk.config import parse
 from musetalk.data.preprocess import PreprocessConfig, preprocess
 from musetalk.errors import ConfigError, OutputRefusedError
-from musetalk.video import iter_frames
 
 REPO = Path(__file__).resolve().parents[1]
 SECONDS = 2
@@ -73,17 +71,14 @@ def sample_keys(output: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def face_frames(shared_data) -> list[np.ndarray]:
+def face_frames(small_talking) -> list[np.ndarray]:
     """2 s of the real talking video at 360x640: small, fast, a real face."""
-    return [
-        cv2.resize(f, (360, 640), interpolation=cv2.INTER_AREA)
-        for _, f in iter_frames(shared_data / "talking_demo1.mp4", end=25 * SECONDS)
-    ]
+    return small_talking[0][: 25 * SECONDS]
 
 
 @pytest.fixture(scope="module")
-def speech(shared_data) -> np.ndarray:
-    return load_audio(shared_data / "talking_demo1.mp4")[: 16000 * SECONDS]
+def speech(small_talking) -> np.ndarray:
+    return small_talking[1][: 16000 * SECONDS]
 
 
 @pytest.fixture(scope="module")

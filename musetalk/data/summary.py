@@ -15,6 +15,7 @@ from musetalk.data.output import MANIFEST, STATS, Output, shard_name
 from musetalk.data.schema import REGION_VERSION, SCHEMA_VERSION, check_versions
 from musetalk.data.stats import RegionStats
 from musetalk.errors import InputError, InputNotFoundError
+from musetalk.files import read_json_object
 
 __all__ = ["format_summary", "load_stats", "median_shift_norm", "write_summary"]
 
@@ -117,12 +118,7 @@ def load_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"no stats.json at {path}: not a finished preprocess output "
             "(run preprocess/run.py input=... output=... first)"
         )
-    try:
-        stats = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(stats, dict):
-        raise InputError(f"{path}: expected a JSON object")
+    stats = read_json_object(path, InputError)
     check_versions(stats, str(path))
     return stats
 

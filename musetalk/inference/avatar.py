@@ -36,7 +36,7 @@ from safetensors.numpy import load_file, save_file
 
 from musetalk.errors import MuseTalkError
 from musetalk.face import region
-from musetalk.files import sha256_file
+from musetalk.files import read_json_object, sha256_file
 from musetalk.inference.shift import ShiftChoice
 
 __all__ = ["CACHE_FORMAT", "Avatar", "AvatarCache", "CacheError", "ping_pong", "region_arrays"]
@@ -239,12 +239,9 @@ class AvatarCache:
         path = self.dir / META
         if not path.is_file():
             raise CacheError(f"{path}: no finished avatar cache")
-        try:
-            meta = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CacheError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
-            found = meta.get("format") if isinstance(meta, dict) else None
+        meta = read_json_object(path, CacheError)
+        if meta.get("format") != CACHE_FORMAT:
+            found = meta.get("format")
             raise CacheError(f"{path}: cache format {found!r}, this version writes {CACHE_FORMAT}")
         return meta
 

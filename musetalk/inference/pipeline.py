@@ -196,8 +196,10 @@ class MuseTalkPipeline(AvatarPreparation):
         if files.layout == "released":
             kwargs.setdefault("builtin_shift", RELEASED_DEFAULT)
         unet = load_unet(files.unet_weights, files.unet_config)
-        vae = load_vae(files.vae)
-        whisper = WhisperEncoder(files.whisper, device=device, dtype=dtype)
+        vae = load_vae(files.vae, revision=files.vae_revision)
+        whisper = WhisperEncoder(
+            files.whisper, device=device, dtype=dtype, revision=files.whisper_revision
+        )
         info = {**files.describe(), **kwargs.pop("model_info", {})}
         return cls(unet, vae, whisper, device=device, dtype=dtype, model_info=info, **kwargs)
 
@@ -223,8 +225,8 @@ class MuseTalkPipeline(AvatarPreparation):
     ) -> MuseTalkPipeline:
         """A training export (unet.safetensors/unet.pth + musetalk.json [+ training.json]).
 
-        vae / whisper: local dirs or HF ids; None = what training.json records when usable
-        here, else stabilityai/sd-vae-ft-mse and openai/whisper-tiny."""
+        vae / whisper: local dirs or HF ids; None = what training.json records (see
+        `inference.weights.export_files`)."""
         return cls.from_files(export_files(export_dir, vae, whisper), **kwargs)
 
     @classmethod

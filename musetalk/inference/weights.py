@@ -11,7 +11,8 @@ Released layout (what MuseTalk's download script writes, used unchanged):
 Export layout (our trainer's `export/` dir): `unet.safetensors` or `unet.pth` + `musetalk.json`,
 optionally `training.json` with settings of the training run that inference must repeat
 (`audio_positional_encoding`, and `shift_stats`, the training data's region statistics for
-`bbox_shift=auto`); the VAE and Whisper come from HF ids or local dirs.
+`bbox_shift=auto`) and the VAE and Whisper it was trained with (a hub id at its commit, a local
+directory, or `vae/` and `whisper/` saved in the export: `models.provenance`).
 
 Missing files raise `MissingWeightsError` naming the file and the layout that was expected.
 """
@@ -33,6 +34,7 @@ from musetalk.models.export import (
     WEIGHTS_SAFETENSORS,
     read_training_info,
 )
+from musetalk.models.provenance import resolve_frozen
 from musetalk.models.unet import CONFIG_NAME
 from musetalk.models.vae import DEFAULT_VAE, check_vae_dir
 
@@ -78,6 +80,7 @@ class ModelFiles:
 
     layout: "released" or "export"; version: "v15" or "v1" (exports follow the v1.5 recipe).
     training: the export's `training.json` (empty when absent or for released weights).
+    vae_revision / whisper_revision: the hub commit to load (an export's record), else None.
     """
 
     unet_weights: Path
@@ -87,6 +90,8 @@ class ModelFiles:
     layout: str
     version: str
     training: dict[str, Any] = field(default_factory=dict)
+    vae_revision: str | None = None
+    whisper_revision: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable summary (for logs and the output's sidecar json)."""
@@ -96,7 +101,9 @@ class ModelFiles:
             "unet_weights": str(self.unet_weights),
             "unet_config": str(self.unet_config),
             "vae": self.vae,
+            "vae_revision": self.vae_revision,
             "whisper": self.whisper,
+            "whisper_revision": self.whisper_revision,
             "training": self.training,
         }
 
@@ -144,16 +151,6 @@ def released_files(
     )
 
 
-def _recorded(value: Any, default: str) -> str:
-    """A VAE / Whisper source recorded in training.json when usable here (an HF id or an
-    existing local directory), else `default`."""
-    if not isinstance(value, str) or not value:
-        return default
-    if Path(value).expanduser().is_dir() or not looks_local(value):
-        return value
-    return default
-
-
 def export_files(
     export_dir: str | os.PathLike[str],
     vae: str | None = None,
@@ -161,8 +158,9 @@ def export_files(
 ) -> ModelFiles:
     """The files of a training export (`unet.safetensors` preferred over `unet.pth`).
 
-    vae / whisper: local dirs or HF ids; None = the ones training.json records when they are
-    usable on this machine, else sd-vae-ft-mse / whisper-tiny from the hub.
+    vae / whisper: local dirs or HF ids overriding the ones training.json records
+    (`models.provenance`: a hub id at its commit, a local directory, or networks saved in the
+    export); exports that record none get sd-vae-ft-mse / whisper-tiny from the hub.
     """
     root = Path(export_dir).expanduser()
     layout = (
@@ -177,11 +175,29 @@ def export_files(
     unet_weights = _require(safetensors if safetensors.is_file() else root / WEIGHTS_PTH, layout)
     unet_config = _require(root / CONFIG_NAME, layout)
     training = read_training_info(root) or {}
-    vae = str(vae) if vae is not None else _recorded(training.get("vae"), DEFAULT_VAE)
-    whisper = (
-        str(whisper) if whisper is not None else _recorded(training.get("whisper"), DEFAULT_WHISPER)
+    vae, vae_revision = (
+        (str(vae), None)
+        if vae is not None
+        else resolve_frozen(training.get("vae"), root, "VAE", "infer_model.vae", DEFAULT_VAE)
+    )
+    whisper, whisper_revision = (
+        (str(whisper), None)
+        if whisper is not None
+        else resolve_frozen(
+            training.get("whisper"), root, "Whisper", "infer_model.whisper", DEFAULT_WHISPER
+        )
     )
     for source, check in ((vae, check_vae_dir), (whisper, check_whisper_dir)):
         if looks_local(source):
             _check_dir(check, source, f"a local directory for {source}")
-    return ModelFiles(unet_weights, unet_config, vae, whisper, "export", "v15", training)
+    return ModelFiles(
+        unet_weights,
+        unet_config,
+        vae,
+        whisper,
+        "export",
+        "v15",
+        training,
+        vae_revision=vae_revision,
+        whisper_revision=whisper_revision,
+    )

@@ -4,7 +4,9 @@
     <dir>/unet.safetensors  the same tensors
     <dir>/musetalk.json     the constructor arguments (`UNet2DConditionModel(**json)`)
     <dir>/training.json     what inference must repeat: audio_positional_encoding, the VAE and
-                            Whisper used, the training data's shift statistics (bbox_shift=auto)
+                            Whisper used (`models.provenance` records), the training data's
+                            shift statistics (bbox_shift=auto)
+    <dir>/vae/, whisper/    random-init VAE / Whisper (tiny experiment) saved with the UNet
 
 Released weights and our exports are interchangeable: `musetalk.models.load_unet` reads both.
 `training.json` is written and read here only (`write_training_info`, `read_training_info`).
@@ -20,6 +22,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from musetalk.errors import CheckpointError
+from musetalk.files import read_json_object
 from musetalk.models.unet import CONFIG_NAME, unet_kwargs
 
 __all__ = [
@@ -35,7 +38,9 @@ WEIGHTS_PTH = "unet.pth"
 WEIGHTS_SAFETENSORS = "unet.safetensors"
 TRAINING_INFO = "training.json"
 #: Layout version of training.json; exports without the key were written as version 1.
-TRAINING_INFO_FORMAT = 1
+#: Version 2 records the VAE and Whisper as `musetalk.models.provenance` records.
+TRAINING_INFO_FORMAT = 2
+KNOWN_TRAINING_INFO_FORMATS = (1, 2)
 
 
 def export_unet(unet: UNet2DConditionModel, out_dir: str | Path) -> Path:
@@ -68,15 +73,10 @@ def read_training_info(export_dir: str | Path) -> dict[str, Any] | None:
     path = Path(export_dir) / TRAINING_INFO
     if not path.is_file():
         return None
-    try:
-        info = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(info, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(info).__name__}")
-    if info.get("format", 1) != TRAINING_INFO_FORMAT:
+    info = read_json_object(path, CheckpointError)
+    if info.get("format", 1) not in KNOWN_TRAINING_INFO_FORMATS:
         raise CheckpointError(
             f"{path}: format {info.get('format')!r} is not known to this version "
-            f"(known: {TRAINING_INFO_FORMAT}); upgrade musetalk"
+            f"(known: {', '.join(map(str, KNOWN_TRAINING_INFO_FORMATS))}); upgrade musetalk"
         )
     return info

