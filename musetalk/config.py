@@ -176,8 +176,9 @@ def _drop_missing(values: dict[str, Any]) -> dict[str, Any]:
 def format_errors(
     exc: ValidationError, cls: type | None, prefix: str = "", known: list[str] | None = None
 ) -> str:
-    """One line per error: `key=value: what is allowed` (unknown keys list the known ones)."""
-    lines = []
+    """One line per error: `key=value: what is allowed` (unknown keys list the known ones);
+    the required keys not given share one line, with the example command of `cls.EXAMPLE`."""
+    lines, missing = [], []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not isinstance(p, int) or p >= 0]
         key = ".".join([prefix, *loc] if prefix else loc)
@@ -187,7 +188,7 @@ def format_errors(
             hint = f" (known: {', '.join(names)})" if names else ""
             lines.append(f"{key}: unknown setting{hint}")
         elif kind in ("missing", "missing_argument"):
-            lines.append(f"{key}: required, not given")
+            missing.append(key)
         elif kind == "value_error" and (not loc or isinstance(err["input"], dict)):
             # a check across the fields of a group (its __post_init__)
             lines.append(f"{key or 'settings'}: {err['ctx']['error']}")
@@ -196,6 +197,10 @@ def format_errors(
         else:
             message = err["msg"][0].lower() + err["msg"][1:]
             lines.append(f"{key}={err['input']!r}: {message}")
+    if missing:
+        example = getattr(cls, "EXAMPLE", None)
+        hint = f" (e.g. {example})" if example else ""
+        lines.insert(0, f"{', '.join(missing)}: required, not given{hint}")
     return "\n".join(lines)
 
 

@@ -180,6 +180,23 @@ def test_foreign_file_in_our_output_survives_reruns(clips, tmp_path):
     assert now[str(out / "00000-000.tar")] == clean[str(out / "00000-000.tar")]
 
 
+def test_small_jobs_use_every_worker_and_the_frame_bar_has_a_total(clips, tmp_path, capfd):
+    """Three inputs with the default sources_per_shard: three shards (not one shard on one
+    core); the frames bar knows the total from the containers (3 x 2 s at 25 fps)."""
+    from musetalk.data.sources import auto_sources_per_shard
+
+    assert [auto_sources_per_shard(n) for n in (1, 3, 16, 17, 48, 49, 10_000)] == [
+        1, 1, 1, 2, 3, 4, 4,
+    ]  # fmt: skip
+    summary = preprocess(config(clips, tmp_path / "out", progress=True))
+    assert summary["samples"] == 3
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tar")) == [
+        "00000-000.tar", "00001-000.tar", "00002-000.tar",
+    ]  # fmt: skip
+    err = capfd.readouterr().err
+    assert f"{3 * 25 * SECONDS}/{3 * 25 * SECONDS}" in err.split("frames")[-1], err[-500:]
+
+
 # --------------------------------------------------------------------------- growing input
 
 

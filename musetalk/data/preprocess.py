@@ -33,6 +33,7 @@ from musetalk.data.sources import VIDEO_EXTENSIONS, Source, assign_shards, list_
 from musetalk.data.summary import format_summary, write_summary
 from musetalk.errors import ConfigError, InputError, OutputRefusedError
 from musetalk.face.analyzer import check_face
+from musetalk.video import probe
 
 __all__ = ["PreprocessConfig", "preprocess"]
 
@@ -147,7 +148,7 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def plan_shards(
-    sources: list[Source], record: dict[str, Any] | None, per_shard: int, out: Output
+    sources: list[Source], record: dict[str, Any] | None, per_shard: int | None, out: Output
 ) -> tuple[list[list[Source]], list[str]]:
     """The shard assignment: the recorded one, then the sources new since, in new shards.
 
@@ -230,6 +231,8 @@ def _run(
     if not todo:
         return []
     bars = _Bars(sum(len(shards[i]) for i in todo), enabled=config.progress)
+    if config.progress:
+        bars.count_frames([s for i in todo for s in shards[i]])
     try:
         if config.executor.name == "ray":
             from musetalk.data.ray_executor import run_with_ray
@@ -301,17 +304,40 @@ def _pump(queue, bars: _Bars) -> None:
 
 
 class _Bars:
-    """Two progress bars: sources (with total) and frames (rate in frames/s)."""
+    """Two progress bars: sources and frames (rate in frames/s), both with a total and an ETA.
+    The frame total is the sources' length at 25 fps from their containers, summed by a
+    background thread (`count_frames`) while the work runs."""
 
     def __init__(self, total_sources: int, enabled: bool) -> None:
         self.sources = tqdm(total=total_sources, desc="sources", unit="src", disable=not enabled)
-        self.frames = tqdm(desc="frames ", unit="fr", disable=not enabled)
+        self.frames = tqdm(total=0, desc="frames ", unit="fr", disable=not enabled)
         self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.counter: threading.Thread | None = None
+
+    def count_frames(self, sources: list[Source]) -> None:
+        self.counter = threading.Thread(target=self._count, args=(sources,), daemon=True)
+        self.counter.start()
+
+    def _count(self, sources: list[Source]) -> None:
+        for source in sources:
+            if self.stop.is_set():
+                return
+            try:
+                frames = probe(source.video).num_frames
+            except Exception:  # the shard task reports unusable files with their reason
+                frames = 0
+            with self.lock:
+                self.frames.total += frames
+                self.frames.refresh()
 
     def update(self, what: str, n: int) -> None:
         with self.lock:
             (self.sources if what == "sources" else self.frames).update(n)
 
     def close(self) -> None:
+        self.stop.set()
+        if self.counter is not None:
+            self.counter.join()
         self.frames.close()
         self.sources.close()

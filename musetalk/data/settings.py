@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -47,16 +47,19 @@ class PreprocessConfig:
     """Everything that defines a preprocessing run (plain values; Hydra lives in the entry point).
 
     input: video file, directory (recursive) or .txt/.csv list. output: local dir or fsspec URL.
-    workers: parallel shard tasks (None = number of cores). overwrite: write into a non-empty
+    workers: parallel shard tasks (None = number of cores). sources_per_shard: None = by the
+    number of sources (`sources.auto_sources_per_shard`). overwrite: write into a non-empty
     directory that this tool did not make (its files are never touched). face: backend name +
     its options. Other groups: `TrackingOptions`, `SampleOptions`, `ExecutorOptions`,
     `AudioFeatureOptions`.
     """
 
+    EXAMPLE: ClassVar[str] = "python preprocess/run.py input=videos/ output=shards/"
+
     input: Annotated[str, Field(min_length=1)]
     output: Annotated[str, Field(min_length=1)]
     workers: Annotated[int, Field(ge=1)] | None = None
-    sources_per_shard: Annotated[int, Field(ge=1)] = 4
+    sources_per_shard: Annotated[int, Field(ge=1)] | None = None
     samples_per_shard: Annotated[int, Field(ge=1)] = 200
     overwrite: bool = False
     face: dict[str, Any] = field(default_factory=lambda: {"backend": "dlib"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -103,8 +104,24 @@ def _read_csv(path: Path) -> list[Source]:
         ]
 
 
-def assign_shards(sources: list[Source], sources_per_shard: int) -> list[list[Source]]:
-    """Consecutive groups of `sources_per_shard` sorted sources; group i is shard i."""
+#: sources_per_shard=None: at most this many sources per shard ...
+MAX_AUTO_SOURCES_PER_SHARD = 4
+#: ... and at least this many shards while there are sources for them (keeps 16 workers busy).
+MIN_AUTO_SHARDS = 16
+
+
+def auto_sources_per_shard(num_sources: int) -> int:
+    """Sources per shard when none is set: one per shard for small jobs (3 inputs run on 3
+    workers), growing to 4 from 49 sources on. Depends on the number of sources only, so that
+    the shard layout is the same on every machine."""
+    return min(MAX_AUTO_SOURCES_PER_SHARD, max(1, math.ceil(num_sources / MIN_AUTO_SHARDS)))
+
+
+def assign_shards(sources: list[Source], sources_per_shard: int | None) -> list[list[Source]]:
+    """Consecutive groups of `sources_per_shard` sorted sources (None: auto); group i is
+    shard i."""
+    if sources_per_shard is None:
+        sources_per_shard = auto_sources_per_shard(len(sources))
     if sources_per_shard < 1:
         raise ValueError(f"sources_per_shard must be >= 1, got {sources_per_shard}")
     return [sources[i : i + sources_per_shard] for i in range(0, len(sources), sources_per_shard)]

@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -46,6 +46,8 @@ class EvalConfig:
     needs `syncnet`); audio: the audio the generated video was driven with (None: its own
     stream); syncnet: `syncnet_v2.model` for LSE-C/LSE-D; output: the report json path (csv and
     png beside it); face / tracking: as inference; max_offset: frames searched either way."""
+
+    EXAMPLE: ClassVar[str] = "python eval.py generated=out.mp4 reference=in.mp4 output=report.json"
 
     generated: Annotated[str, Field(min_length=1)]
     output: Annotated[str, Field(min_length=1)]

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import AfterValidator, Field
@@ -89,6 +89,8 @@ class InferenceConfig:
     in a background thread (the models run while the previous frames are encoded); None = 2 x
     batch_size, 0 = one after the other.
     """
+
+    EXAMPLE: ClassVar[str] = "python infer.py video=face.mp4 audio=speech.wav output=out.mp4"
 
     video: Annotated[str, Field(min_length=1)]
     audio: Annotated[str, Field(min_length=1)]
