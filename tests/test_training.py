@@ -834,6 +834,8 @@ def test_ddp_two_cpu_processes_on_uneven_shards_then_resume_on_one(
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    for notice in ("in eval mode", "LeafSpec", "`__len__`", "Tip:", "AFTER optimization"):
+        assert notice not in proc.stdout + proc.stderr, notice  # harmless ones are silenced
     logs = {}
     for rank in (0, 1):
         lines = (run / "samples" / f"rank{rank}.tsv").read_text().splitlines()

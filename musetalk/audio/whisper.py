@@ -159,12 +159,19 @@ class WhisperEncoder:
         the feature extractor, and a decoder of the same config that nothing uses (initialised
         without touching the global random state)."""
         from transformers import WhisperModel
+        from transformers.utils import logging as hf_logging
 
         with torch.random.fork_rng(devices=[]):
             whisper = WhisperModel(self.encoder.config)
         whisper.encoder.load_state_dict(self.encoder.state_dict())
         path = Path(path)
-        whisper.save_pretrained(path)
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # one file of a small model: no "Writing shards" bar
+        try:
+            whisper.save_pretrained(path)
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         self.extractor.save_pretrained(path)
         return path
 

@@ -19,7 +19,7 @@ from musetalk.data.summary import load_stats
 from musetalk.models.export import export_unet, write_training_info
 from musetalk.models.provenance import frozen_record
 
-__all__ = ["ExportUNet", "ImageGrid", "SampleLog", "Throughput", "image_grid"]
+__all__ = ["ExportUNet", "ImageGrid", "SampleLog", "Throughput", "image_grid", "progress_bar"]
 
 
 class ExportUNet(L.Callback):
@@ -162,6 +162,29 @@ class ImageGrid(L.Callback):
                 logger.experiment.add_image(
                     "val/images", grid, trainer.global_step, dataformats="HWC"
                 )
+
+
+def progress_bar(enabled: bool = True) -> L.Callback | None:
+    """Lightning's progress bar (Rich when installed, else tqdm), with the epoch shown as
+    "Epoch N" when the run is bounded by steps: Lightning shows `max_epochs - 1`, which reads
+    "Epoch 1/-2" for our step-bounded runs (max_epochs=-1). None when not `enabled` (the
+    trainer's enable_progress_bar=false)."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+
+    if not enabled:
+        return None
+    if not _RICH_AVAILABLE:
+        return TQDMProgressBar()  # shows "Epoch N" already
+
+    class StepBoundedRichProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            description = super()._get_train_description(current_epoch)
+            if self.trainer.max_epochs is None or self.trainer.max_epochs < 0:
+                description = description.replace(f"/{self.trainer.max_epochs - 1}", "", 1)
+            return description
+
+    return StepBoundedRichProgressBar()
 
 
 class Throughput(L.Callback):

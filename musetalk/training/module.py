@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from lightning.pytorch.strategies import ParallelStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from pydantic import ConfigDict, Field, validate_call
 from torch import nn
 
@@ -160,6 +161,21 @@ class MuseTalkModule(L.LightningModule):
         for module in self.frozen_modules():
             module.eval()
         return self
+
+    def eval_mode_modules(self) -> list[str]:
+        """Names of modules in eval mode that are not part of a frozen network: the ones that
+        would silently skip dropout / batch-norm updates (Lightning's own check, which counts the
+        frozen networks too, is silenced in `training.train.fit`)."""
+        frozen = {id(m) for f in self.frozen_modules() for m in f.modules()}
+        return [n for n, m in self.named_modules() if not m.training and id(m) not in frozen]
+
+    def on_train_start(self) -> None:
+        stray = self.eval_mode_modules()
+        if stray:
+            rank_zero_warn(
+                f"{len(stray)} trainable module(s) in eval mode at the start of training "
+                f"(e.g. {', '.join(stray[:3])}): call .train() on them"
+            )
 
     def schedule_steps(self) -> int:
         """UNet optimizer steps the learning-rate schedules span."""

@@ -9,10 +9,13 @@ the Lightning Trainer and reports where the results are.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import pickle
+import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +111,46 @@ def check_checkpoint(ckpt_path: str | None) -> None:
         raise CheckpointError(f"ckpt_path={ckpt_path}: a zip file, but not a torch checkpoint")
 
 
+#: Lightning notices known to be harmless here, each with the reason (messages are regexes
+#: matched at their start, as `warnings.filterwarnings` does).
+HARMLESS_WARNINGS = {
+    # The frozen VAE, Whisper and loss networks are in eval mode on purpose
+    # (MuseTalkModule.train keeps them there); MuseTalkModule.on_train_start checks the rest.
+    r"Found \d+ module\(s\) in eval mode at the start of training": "frozen networks",
+    # ShardClips.__len__ is exact with any number of loader workers: each worker yields its own
+    # share of `batches_per_epoch` (see ShardClips), which is what Lightning cannot know.
+    r"Your `IterableDataset` has `__len__` defined": "exact per-worker split",
+    # Manual optimization (the GAN stage): a checkpoint at step N holds the weights after
+    # update N, which is what resuming from step N needs.
+    r"Using ModelCheckpoint with manual optimization": "checkpoint after the update",
+    # Lightning looks for state_dict on the DataLoader; ours lives on the DataModule, which
+    # restores the epoch's stream and skips the batches already trained on (exact resume).
+    r"You're resuming from a checkpoint that ended before the epoch ended": "DataModule state",
+    # Raised inside Lightning's own pytree helper by the torch version we pin; not our code.
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated": "Lightning internals",
+}
+
+
+class _NoAdverts(logging.Filter):
+    """Drop Lightning's "Tip: try installing ..." adverts for other products (printed when a
+    Trainer is built, so installed for good when this module is imported)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
+
+@contextlib.contextmanager
+def known_notices_silenced() -> Iterator[None]:
+    """Silence `HARMLESS_WARNINGS` for the duration of a fit."""
+    with warnings.catch_warnings():
+        for pattern in HARMLESS_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
+
+
 def fit(
     trainer: L.Trainer,
     module: L.LightningModule,
@@ -118,7 +161,8 @@ def fit(
     optimizer and scheduler states, step and epoch) when given."""
     check_checkpoint(ckpt_path)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with known_notices_silenced():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except pickle.UnpicklingError:
         raise UnsafeFileError(
             f"ckpt_path={ckpt_path}: refused: reading it would need unpickling arbitrary Python "
