@@ -210,6 +210,57 @@ def test_stats_match_the_samples(zoo_run):
     for name in ("sources", "frames_with_face", "region_version", "schema_version", "seconds"):
         assert name in summary
     assert json.loads((out / "config.json").read_text())["config"]["sources_per_shard"] == 3
+    # per source: its own shares, median shift and range, from its own samples
+    assert summary["face_backend"] == "dlib"
+    rows = {r["source"]: r for r in summary["sources_region"]}
+    assert sum(r["frames"] for r in rows.values()) == summary["frames"]
+    good = [m for m in metas if m["source"].endswith("good.mp4")]
+    good_lms = np.concatenate([np.asarray(m["landmarks"]) for m in good])
+    np.testing.assert_allclose(
+        rows["good.mp4"]["shift_range"], region.shift_range(good_lms), atol=1e-3
+    )
+    good_shifts = np.concatenate([m["equivalent_shift"] for m in good])
+    assert rows["good.mp4"]["equivalent_shift_px_q50"] == pytest.approx(
+        np.median(good_shifts), abs=0.5
+    )
+
+
+def test_summary_explains_a_boundary_outside_musetalks_range():
+    """The printed table names the backend, prints ranges as [lo ~ hi], lists sources (20 at
+    most) and, when the median boundary is below landmark 30, says what that means."""
+    from musetalk.data.summary import boundary_notice, format_summary
+
+    row = {"frames": 10, "nose_landmark_shares": {"28": 0.0, "29": 0.1, "30": 0.9}}
+    summary = {
+        "sources_ok": 25, "sources_partial": 0, "sources_skipped": {}, "source_warnings": {},
+        "samples": 25, "frames": 250, "frames_decoded": 250, "shards": 7, "tars": ["a"] * 7,
+        "nose_landmark_shares": {"28": 0.0, "29": 0.002, "30": 0.998},
+        "equivalent_shift_px": {"q05": 15.6, "q50": 31.9, "q95": 43.6},
+        "equivalent_shift_norm": {"q50": 0.58},
+        "shift_range": [-13.666, 14.372], "seconds": 3.0, "face_backend": "dlib",
+        "sources_region": [
+            {**row, "source": f"v{i:02d}.mp4", "equivalent_shift_px_q50": 30.0 + i,
+             "shift_range": [-10.5, 12.9]}
+            for i in range(25)
+        ],
+    }  # fmt: skip
+    summary["boundary_notice"] = boundary_notice(summary)
+    text = format_summary(summary)
+    assert "face backend                     dlib" in text
+    assert "[-13 ~ 14]" in text and "14.372" not in text
+    assert "v19.mp4: 10, 0% / 10% / 90%, +49.0, [-10 ~ 12]" in text and "v20.mp4" not in text
+    assert "5 more in stats.json (sources_region)" in text
+    notice = text.split("notice: ", 1)[1]
+    assert "0.58 nose lengths below landmark 29" in notice and "below landmark 30" in notice
+    assert "inpaint less of the face than MuseTalk's" in notice and "face=fan" in notice
+    inside = {**summary, "equivalent_shift_px": {"q50": 3.0}, "face_backend": "fan"}
+    assert boundary_notice(inside) is None
+    above = {
+        **inside,
+        "equivalent_shift_px": {"q50": -20.0},
+        "equivalent_shift_norm": {"q50": -0.4},
+    }
+    assert "inpaint more" in boundary_notice(above) and "face=fan" not in boundary_notice(above)
 
 
 def test_video_only_file_with_separate_wav(shared_data, both_videos_shards, tmp_path):

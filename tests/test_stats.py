@@ -287,9 +287,9 @@ def test_real_recommendation_from_frames_and_from_summary(real):
     middle = np.sort(norm)[(len(norm) - 1) // 2 : len(norm) // 2 + 1]
     assert middle[0] - 0.005 <= stats.training_shift_norm(summary) <= middle[-1] + 0.005
     lms = [np.asarray(lm) for lm in by_source(metas, "landmarks")[metas[-1]["source_id"]]]
-    lo, hi = region.shift_range(lms)
+    lo, hi = region.shift_limits(lms)  # only the geometry clips, not the advisory range
     wanted = np.median(norm) * np.median([region.nose_length(lm) for lm in lms])
-    expected = int(np.clip(round(wanted), int(lo), int(hi)))
+    expected = int(np.clip(round(wanted), lo, hi))
     assert stats.recommend_bbox_shift(frames, lms).shift == expected
     assert abs(stats.recommend_bbox_shift(summary, lms).shift - expected) <= 1
 
@@ -328,15 +328,23 @@ def test_recommendation_is_median_norm_times_nose_length():
     assert "inside" in reason and "dlib" in reason and "detector" in reason
 
 
-def test_recommendation_is_clipped_to_the_printed_range():
+def test_recommendation_outside_the_range_is_kept_and_only_the_geometry_clips_it():
+    """A training boundary outside MuseTalk's advisory range (landmarks 28..30) is what the model
+    learnt: auto keeps it, says so, and clips only where the shift stops moving the boundary."""
     lms = video_landmarks([40, 40], up=9.5)  # range [-9.5 ~ +20], printed [-9 ~ 20]
+    assert region.shift_limits(lms) == (-30, 59)  # box top at the frame top / lowest landmark
     high = stats.recommend_bbox_shift(table([0.9, 0.9, 1.0]), lms)  # wants +36 px
-    assert high.shift == 20
-    assert "+36.0 px" in high.reason and "clipped" in high.reason
-    assert "landmark 30 end" in high.reason
+    assert high.shift == 36
+    assert (
+        "+36.0 px" in high.reason
+        and "outside this video's adjustable range [-9 ~ 20]" in high.reason
+    )
+    assert "below landmark 30" in high.reason and "clipped" not in high.reason
     low = stats.recommend_bbox_shift(table([-0.5]), lms)  # wants -20 px
-    assert low.shift == -9
-    assert "landmark 28 end" in low.reason
+    assert low.shift == -20 and "above landmark 28" in low.reason
+    beyond = stats.recommend_bbox_shift(table([2.0]), lms)  # wants +80 px: past the chin
+    assert beyond.shift == 59 and "clipped to +59, the geometric limit [-30 ~ 59]" in beyond.reason
+    assert stats.recommend_bbox_shift(table([-1.0]), lms).shift == -30
 
 
 def test_recommendation_from_a_summary_or_a_number_and_frames_without_face():

@@ -87,7 +87,9 @@ def preprocess(config: PreprocessConfig) -> dict[str, Any]:
                 f"workers -> {config.output}"
             )
         failures = _run(todo, shards, config, out.output_id, workers)
-        summary = write_summary(out, len(shards), time.time() - started)
+        summary = write_summary(
+            out, len(shards), time.time() - started, face_backend=config.face["backend"]
+        )
     summary["failed_shards"] = failures
     if config.progress:
         print(format_summary(summary))

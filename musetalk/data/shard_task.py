@@ -86,7 +86,7 @@ def run_shard(
     parts: list[tuple[str, str]] = []  # (temp name, final name)
     writer: ShardWriter | None = None
     region = RegionStats()
-    reports = []
+    reports, regions = [], []  # per source: its report and its region statistics
     total_bytes = 0
 
     def frame_progress(n: int) -> None:
@@ -105,6 +105,7 @@ def run_shard(
             processor = SourceProcessor(
                 source, tracker, config.sample, face_info, features, frame_progress, features_info
             )
+            source_region = RegionStats()
             try:
                 for sample in processor.samples():
                     if writer is None:
@@ -112,6 +113,7 @@ def run_shard(
                     with processor.report.stage_seconds("write"):
                         writer.write(sample.key, sample.members)
                     region.add_sample(sample.meta)
+                    source_region.add_sample(sample.meta)
                     if writer.samples >= config.samples_per_shard:
                         close_part()
             except MediaError as exc:
@@ -120,6 +122,7 @@ def run_shard(
                 _record_error(processor.report, f"error_{type(exc).__name__}", str(exc))
             processor.report.seconds = round(time.time() - t0, 3)
             reports.append(processor.report)
+            regions.append(source_region)
             if progress is not None:
                 progress("sources", 1)
         if writer is not None:
@@ -135,7 +138,9 @@ def run_shard(
         "tars": [final for _, final in parts],
         "samples": sum(len(r.samples) for r in reports),
         "bytes": total_bytes,
-        "sources": [r.to_json() for r in reports],
+        "sources": [
+            {**r.to_json(), "region": g.to_json()} for r, g in zip(reports, regions, strict=True)
+        ],
         "region": region.to_json(),
         "seconds": round(time.time() - started, 3),
         "worker": f"{socket.gethostname()}:{os.getpid()}",

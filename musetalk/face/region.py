@@ -288,11 +288,17 @@ def format_shift_range(num_frames: int, shift_range: tuple[float, float], curren
     The bounds are whole pixels truncated towards zero, so every printed value is inside the
     geometric range.
     """
-    lo, hi = shift_range
     return (
-        f"Total frame: {int(num_frames)}  Manually adjust range: [{int(lo)} ~ {int(hi)}], "
+        f"Total frame: {int(num_frames)}  Manually adjust range: {range_text(shift_range)}, "
         f"the current value: {_fmt_number(current)}"
     )
+
+
+def range_text(shift_range: tuple[float, float] | list[float]) -> str:
+    """`[lo ~ hi]`: an adjustable range as every message prints it (whole pixels truncated
+    towards zero, so every printed value is inside the range)."""
+    lo, hi = shift_range
+    return f"[{int(lo)} ~ {int(hi)}]"
 
 
 def _fmt_number(value: float) -> str:

@@ -7,8 +7,9 @@ them. A number is used as given inside the geometric limits and clipped to them 
 warning) outside; `auto` puts the inference mask boundary where the model's training data had
 it, measured in nose lengths (lm30.y - lm27.y) so it transfers across face sizes: the training
 data's median equivalent shift (`stats.json` -> `equivalent_shift_norm.q50`, written by
-preprocessing) times this video's median nose length, rounded and clipped to the adjustable range
-(`recommend_bbox_shift`). Without statistics, weights whose training data is known have a
+preprocessing) times this video's median nose length, rounded; used even outside the adjustable
+range (where the training data put it is what the model learnt), clipped only to the geometric
+limits (`recommend_bbox_shift`). Without statistics, weights whose training data is known have a
 built-in value: MuseTalk's released weights were trained on boxes whose boundary was nearest
 landmark 29 in 63% of frames (28: 15%, 30: 22%, S3FD detector boxes), i.e. a median boundary at
 landmark 29, which is bbox_shift 0.
@@ -122,17 +123,22 @@ def recommend_bbox_shift(
     landmarks: Iterable[object | None],
     origin: str = "",
     shift_range: tuple[float, float] | None = None,
+    limits: tuple[int, int] | None = None,
 ) -> ShiftRecommendation:
     """The bbox_shift that puts the inference mask boundary where the training data had it.
 
     norm: the training data's median equivalent shift in nose lengths. Recommended px = norm x
-    (median nose length lm30.y - lm27.y of the inference video), rounded to whole pixels and
-    clipped to the video's adjustable range as printed (bounds truncated towards zero).
-    landmarks: the video's per-frame (68, 2) arrays, None without a face; shift_range: their
-    `region.shift_range` when already computed. origin: where `norm` came from (for the text).
+    (median nose length lm30.y - lm27.y of the inference video), rounded to whole pixels. It is
+    used even outside the video's adjustable range (MuseTalk's advice: boundary between
+    landmarks 28 and 30), because that is where the model learnt to inpaint; the reason says
+    so. Only the geometric limits (`region.shift_limits`) clip it. landmarks: the video's
+    per-frame (68, 2) arrays, None without a face; shift_range / limits: their
+    `region.shift_range` / `region.shift_limits` when already computed. origin: where `norm`
+    came from (for the text).
     """
     with_face = [region.as_landmarks(lm) for lm in landmarks if lm is not None]
     lo, hi = shift_range if shift_range is not None else region.shift_range(with_face)
+    limits = limits if limits is not None else region.shift_limits(with_face)
     lengths = np.array([region.nose_length(lm) for lm in with_face])
     lengths = lengths[np.isfinite(lengths) & (lengths > 0)]
     if not len(lengths):
@@ -140,14 +146,20 @@ def recommend_bbox_shift(
     nose = float(np.median(lengths))
     wanted = norm * nose
     lo_i, hi_i = int(lo), int(hi)
-    shift = min(max(round(wanted), lo_i), hi_i)
-    if shift == round(wanted):
+    shift = int(region.clip_shift(round(wanted), limits))
+    if lo_i <= shift <= hi_i:
         fit = f"inside this video's adjustable range [{lo_i} ~ {hi_i}] px"
     else:
-        side = "landmark 30 end" if shift == hi_i else "landmark 28 end"
+        side = "below landmark 30" if shift > hi_i else "above landmark 28"
         fit = (
-            f"outside this video's adjustable range [{lo_i} ~ {hi_i}] px, so it is clipped to "
-            f"the {side}"
+            f"outside this video's adjustable range [{lo_i} ~ {hi_i}] px (MuseTalk's advice: "
+            f"boundary between landmarks 28 and 30): {side}, used anyway because that is where "
+            "this model's training data had its boundary"
+        )
+    if shift != round(wanted):
+        fit += (
+            f"; clipped to {shift:+d}, the geometric limit [{limits[0]} ~ {limits[1]}] "
+            "beyond which the shift no longer moves the boundary"
         )
     reason = (
         f"bbox_shift=auto -> {shift:+d} px. The training boxes put the mask boundary a median "
@@ -185,7 +197,7 @@ def resolve_bbox_shift(
             where = stats_source or "stats.json"
             origin = f" (statistics: {stats_source})" if stats_source else ""
             rec = recommend_bbox_shift(
-                median_shift_norm(stats, where), with_face, shift_range=(lo, hi)
+                median_shift_norm(stats, where), with_face, shift_range=(lo, hi), limits=limits
             )
             return choice(rec.shift, rec.reason + origin)
         if builtin is None:
