@@ -41,8 +41,32 @@ class UnsafeFileError(MuseTalkError):
     """A file would have to be unpickled (or otherwise executed) to be read: refused."""
 
 
+#: The last line of every `MissingWeightsError` message: where to get weights and how to check them.
+WEIGHTS_HINT = (
+    "get weights with: python -m musetalk.weights download [--dir models] "
+    "[--what inference|training|eval|face|all]; check them offline with: "
+    "python -m musetalk.weights check [--dir models]"
+)
+
+
 class MissingWeightsError(MuseTalkError, FileNotFoundError):
-    """A weight or config file is missing; the message names it and the expected layout."""
+    """A weight or config file is missing; the message names it and the expected layout, and
+    ends with `WEIGHTS_HINT` (once, also when a message is wrapped into another one)."""
+
+    hint = WEIGHTS_HINT
+
+    def __init__(self, *args: object) -> None:
+        if not args:
+            args = (self.hint,)
+        elif isinstance(args[0], str):
+            message = args[0].replace(f"\n{self.hint}", "").replace(self.hint, "").rstrip()
+            args = (f"{message}\n{self.hint}" if message else self.hint, *args[1:])
+        super().__init__(*args)
+
+
+class DownloadError(MuseTalkError):
+    """A weight file could not be downloaded (no network, source unavailable); the message
+    names the file and its source."""
 
 
 class ShardError(MuseTalkError, ValueError):

@@ -85,7 +85,6 @@ def run_shard(
     tracker, face_info, features, features_info = _worker_tools(config)
     parts: list[tuple[str, str]] = []  # (temp name, final name)
     writer: ShardWriter | None = None
-    region = RegionStats()
     reports, regions = [], []  # per source: its report and its region statistics
     total_bytes = 0
 
@@ -112,7 +111,6 @@ def run_shard(
                         writer = ShardWriter(out, f"{name}-{len(parts):03d}.tar")
                     with processor.report.stage_seconds("write"):
                         writer.write(sample.key, sample.members)
-                    region.add_sample(sample.meta)
                     source_region.add_sample(sample.meta)
                     if writer.samples >= config.samples_per_shard:
                         close_part()
@@ -138,10 +136,7 @@ def run_shard(
         "tars": [final for _, final in parts],
         "samples": sum(len(r.samples) for r in reports),
         "bytes": total_bytes,
-        "sources": [
-            {**r.to_json(), "region": g.to_json()} for r, g in zip(reports, regions, strict=True)
-        ],
-        "region": region.to_json(),
+        **_region_record(reports, regions),
         "seconds": round(time.time() - started, 3),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "config_fingerprint": config.fingerprint(),
@@ -156,6 +151,18 @@ def run_shard(
         out.publish(tmp, final)
     out.publish(listing, f"{name}.json")
     return stats
+
+
+def _region_record(reports: list[SourceReport], regions: list[RegionStats]) -> dict[str, Any]:
+    """The shard json's `sources` (each report with its own region statistics) and `region`
+    (the shard's: all sources merged)."""
+    shard = RegionStats()
+    for source_region in regions:
+        shard.merge(source_region)
+    sources = [
+        {**r.to_json(), "region": g.to_json()} for r, g in zip(reports, regions, strict=True)
+    ]
+    return {"sources": sources, "region": shard.to_json()}
 
 
 def _record_error(report: SourceReport, reason: str, detail: str) -> None:
