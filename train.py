@@ -49,7 +49,6 @@ def train(cfg: DictConfig) -> TrainResult:
     datamodule = build(cfg.data)
     datamodule.setup("fit")  # lists and opens the shards now, before any model is loaded
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks = [c for c in callbacks if c is not None]  # a factory may decide on none
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = build(
         cfg.trainer,

@@ -558,24 +558,9 @@ def test_tiny_export_is_self_sufficient_for_offline_inference(
     sf.write(audio, load_audio(shared_data / "speech_en_16k.wav")[:9600], 16000)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     args = [f"video={image}", f"audio={audio}", f"output={out}", "progress=false"]
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "infer.py"), "infer_model=export", f"models_dir={export}"]
-        + args,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    sidecar = json.loads(out.with_name(out.name + ".json").read_text())
-    assert sidecar["model"]["vae"] == str(export / "vae")
 
-    # a VAE recorded as a local directory that is gone: one line naming the override
-    moved = {**info, "vae": {"source": str(tmp_path / "gone"), "sha256": {}}}
-    (export / "training.json").write_text(json.dumps(moved))
-    try:
-        proc = subprocess.run(
+    def infer_with_the_export() -> subprocess.CompletedProcess:
+        return subprocess.run(
             [sys.executable, str(REPO / "infer.py"), "infer_model=export", f"models_dir={export}"]
             + args,
             capture_output=True,
@@ -584,6 +569,17 @@ def test_tiny_export_is_self_sufficient_for_offline_inference(
             env=env,
             timeout=300,
         )
+
+    proc = infer_with_the_export()
+    assert proc.returncode == 0, proc.stderr
+    sidecar = json.loads(out.with_name(out.name + ".json").read_text())
+    assert sidecar["model"]["vae"] == str(export / "vae")
+
+    # a VAE recorded as a local directory that is gone: one line naming the override
+    moved = {**info, "vae": {"source": str(tmp_path / "gone"), "sha256": {}}}
+    (export / "training.json").write_text(json.dumps(moved))
+    try:
+        proc = infer_with_the_export()
     finally:
         (export / "training.json").write_text(json.dumps(info))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr

@@ -164,16 +164,17 @@ class ImageGrid(L.Callback):
                 )
 
 
-def progress_bar(enabled: bool = True) -> L.Callback | None:
+def progress_bar(enabled: bool = True) -> L.Callback:
     """Lightning's progress bar (Rich when installed, else tqdm), with the epoch shown as
     "Epoch N" when the run is bounded by steps: Lightning shows `max_epochs - 1`, which reads
-    "Epoch 1/-2" for our step-bounded runs (max_epochs=-1). None when not `enabled` (the
-    trainer's enable_progress_bar=false)."""
+    "Epoch 1/-2" for our step-bounded runs (max_epochs=-1). When not `enabled` (the trainer's
+    enable_progress_bar=false), a callback that does nothing: Lightning refuses a progress bar
+    beside enable_progress_bar=false."""
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
     from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 
     if not enabled:
-        return None
+        return L.Callback()
     if not _RICH_AVAILABLE:
         return TQDMProgressBar()  # shows "Epoch N" already
 
