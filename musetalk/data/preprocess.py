@@ -87,6 +87,7 @@ def preprocess(config: PreprocessConfig) -> dict[str, Any]:
                 f"workers -> {config.output}"
             )
         failures = _run(todo, shards, config, out.output_id, workers)
+        out.remove_temps()  # of attempts that died (a lost node, a killed worker): none is running
         summary = write_summary(
             out, len(shards), time.time() - started, face_backend=config.face["backend"]
         )

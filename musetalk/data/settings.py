@@ -27,10 +27,12 @@ __all__ = ["AudioFeatureOptions", "ExecutorOptions", "PreprocessConfig"]
 @settings
 class ExecutorOptions:
     """Where shard tasks run: `local` (a process pool) or `ray` (`address` None = a local Ray
-    instance; "auto" or ray://host:10001 for a cluster)."""
+    instance; "auto" or ray://host:10001 for a cluster). max_retries: (Ray) how many times a
+    shard task whose attempt failed (worker or node lost, any error) is run again."""
 
     name: Literal["local", "ray"] = "local"
     address: str | None = None
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 3
 
 
 @settings

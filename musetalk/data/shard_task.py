@@ -77,8 +77,11 @@ def run_shard(
     config: PreprocessConfig,
     output_id: str,
     progress: Callable[[str, int], None] | None = None,
+    attempt: int = 1,
 ) -> dict[str, Any]:
-    """Process one shard's sources into tar parts, then publish them and its stats json."""
+    """Process one shard's sources into tar parts, then publish them and its stats json.
+    attempt: which try of this shard this is (1 = first; executors that retry count up), recorded
+    in the shard json and the manifest."""
     started = time.time()
     out = Output(config.output, output_id)
     name = shard_name(index)
@@ -143,6 +146,7 @@ def run_shard(
         "schema_version": SCHEMA_VERSION,
         "region_version": REGION_VERSION,
         "output_id": output_id,
+        "attempt": attempt,
     }
     listing = out.write_temp(
         f"{name}.json", (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode()

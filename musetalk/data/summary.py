@@ -48,7 +48,11 @@ def write_summary(
             source_region = src.pop("region", None)  # per-source statistics (schema 2 shards)
             if source_region is not None and source_region["frames"]:
                 per_source.append(source_row(src, RegionStats.from_json(source_region)))
-            manifest.append({"shard": i, "tars": shard["tars"], **src, "output_id": out.output_id})
+            attempts = shard.get("attempt", 1)
+            manifest.append(
+                {"shard": i, "tars": shard["tars"], "attempts": attempts, **src}
+                | {"output_id": out.output_id}
+            )
             totals["sources"] += 1
             totals[f"sources_{src['status']}"] += 1
             if src["status"] == "skipped":
