@@ -404,7 +404,9 @@ class MuseTalkModule(L.LightningModule):
         if not names or totals[-1] <= 0:
             return
         metrics = {f"val/{k}": float(totals[i] / totals[-1]) for i, k in enumerate(names)}
-        self.log_dict(metrics, logger=False)
+        # already reduced over the ranks above: sync_dist averages equal values (and tells
+        # Lightning so, which otherwise warns on every validation under DDP)
+        self.log_dict(metrics, logger=False, sync_dist=True)
         if not self.trainer.sanity_checking:
             for logger in self.loggers:
                 logger.log_metrics(metrics, step=self.global_step)

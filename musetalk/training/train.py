@@ -13,6 +13,8 @@ import contextlib
 import json
 import logging
 import pickle
+import re
+import sys
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -151,6 +153,29 @@ def known_notices_silenced() -> Iterator[None]:
         yield
 
 
+#: What torch.distributed's backends say when another rank's process or machine is gone (gloo:
+#: the connection to it reset or closed; any backend: a collective timed out, see the
+#: strategy's `timeout` in conf/trainer/ddp.yaml).
+LOST_PEER = re.compile(r"Connection (reset|closed) by peer|timed out|timeout|NCCL.*abort", re.I)
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether an error raised by a distributed fit means that another rank is gone."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and bool(LOST_PEER.search(str(exc)))
+
+
+def lost_peer_notice(trainer: L.Trainer) -> str:
+    """The line a surviving rank prints before it stops (its traceback follows)."""
+    last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+    return (
+        f"train: rank {trainer.global_rank} stops at step {trainer.global_step}: another rank of "
+        "this distributed job is gone (its process or node died, or it hung past the strategy's "
+        f"timeout). Restart the job on every node with ckpt_path={last}"
+    )
+
+
 def fit(
     trainer: L.Trainer,
     module: L.LightningModule,
@@ -163,6 +188,10 @@ def fit(
     try:
         with known_notices_silenced():
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except RuntimeError as exc:
+        if lost_peer(exc):
+            print(lost_peer_notice(trainer), file=sys.stderr, flush=True)
+        raise
     except pickle.UnpicklingError:
         raise UnsafeFileError(
             f"ckpt_path={ckpt_path}: refused: reading it would need unpickling arbitrary Python "
