@@ -127,7 +127,9 @@ def cluster():
         cluster.shutdown()
 
 
-def start(listing: Path, out: Path, address: str, *extra: str) -> subprocess.Popen:
+def start(
+    listing: Path, out: Path, address: str, *extra: str, progress: bool = False
+) -> subprocess.Popen:
     args = [
         sys.executable,
         str(REPO / "preprocess" / "run.py"),
@@ -136,7 +138,7 @@ def start(listing: Path, out: Path, address: str, *extra: str) -> subprocess.Pop
         "executor=ray",
         f"executor.address={address}",
         "sources_per_shard=1",
-        "progress=false",
+        f"progress={str(progress).lower()}",
         *extra,
     ]
     env = {**os.environ, **CLUSTER_ENV}
@@ -151,12 +153,16 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
 def test_worker_killed_inside_a_task_is_retried(cluster, listing, local_output, tmp_path):
     c, _ = cluster
     out = tmp_path / "out"
-    proc = start(listing, out, c.address)
+    proc = start(listing, out, c.address, progress=True)
     victim = wait_for(running_shard_tasks, what="a running shard task")[0]
     os.kill(victim, signal.SIGKILL)
     code, log = finish(proc)
     assert code == 0, log
     assert "attempt 1 failed" in log and "retrying" in log
+    # the tasks' progress reached the driver's bars; the killed attempt's share was taken back
+    frames = 4 * 75
+    assert f"{frames}/{frames}" in log.split("frames")[-1], log[-2000:]
+    assert "4/4" in log.split("sources")[-1]
     assert tar_digest(out) == tar_digest(local_output)
     assert sorted(attempts(out).values())[-1] == 2 and min(attempts(out).values()) == 1
     assert not leftovers(out)
