@@ -206,3 +206,17 @@ def small_talking_clip(video: Path, seconds: int) -> tuple[list[np.ndarray], np.
         for _, f in iter_frames(video, end=25 * seconds)
     ]
     return frames, load_audio(video)[: 16000 * seconds]
+
+
+def tar_digest(output: Path) -> dict[str, list[tuple[str, str]]]:
+    """tar name -> [(member, sha1)], the byte-level content of a dataset's shards."""
+    import hashlib
+    import tarfile
+
+    digest = {}
+    for path in sorted(output.glob("*.tar")):
+        with tarfile.open(path) as tar:
+            digest[path.name] = [
+                (m.name, hashlib.sha1(tar.extractfile(m).read()).hexdigest()) for m in tar
+            ]
+    return digest

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import signal
@@ -39,17 +38,6 @@ def run_config(input_path, output, **over) -> PreprocessConfig:
     values = {"input": str(input_path), "output": str(output), "workers": 1, "progress": False}
     values.update(over)
     return parse(PreprocessConfig, values)
-
-
-def tar_digest(output: Path) -> dict[str, list[tuple[str, str]]]:
-    """tar name -> [(member, sha1)], the byte-level content of a dataset's shards."""
-    digest = {}
-    for path in sorted(output.glob("*.tar")):
-        with tarfile.open(path) as tar:
-            digest[path.name] = [
-                (m.name, hashlib.sha1(tar.extractfile(m).read()).hexdigest()) for m in tar
-            ]
-    return digest
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +312,7 @@ def test_sigkill_then_rerun_equals_clean_run(zoo, tmp_path):
 
     rerun = cli(*common, f"output={killed}")
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()
-    assert tar_digest(killed) == tar_digest(clean)
+    assert synth.tar_digest(killed) == synth.tar_digest(clean)
     assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in clean.iterdir())
     stats = [json.loads((d / "stats.json").read_text()) for d in (clean, killed)]
     for key in ("samples", "frames", "nose_landmark_counts", "sources_skipped"):
@@ -342,7 +330,7 @@ def test_ray_executor_gives_the_same_dataset(zoo, tmp_path):
             listing, tmp_path / "ray", workers=2, sources_per_shard=1, executor={"name": "ray"}
         )
     )
-    assert tar_digest(tmp_path / "local") == tar_digest(tmp_path / "ray")
+    assert synth.tar_digest(tmp_path / "local") == synth.tar_digest(tmp_path / "ray")
     assert local["samples"] == on_ray["samples"] == 3
     assert local["sources_skipped"] == on_ray["sources_skipped"] == {"zero_bytes": 1}
 

@@ -8,13 +8,11 @@ with the machine's network address."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -37,16 +35,6 @@ CLUSTER_ENV = {
 os.environ.update(CLUSTER_ENV)
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
-
-
-def tar_digest(output: Path) -> dict[str, list[tuple[str, str]]]:
-    digest = {}
-    for path in sorted(output.glob("*.tar")):
-        with tarfile.open(path) as tar:
-            digest[path.name] = [
-                (m.name, hashlib.sha1(tar.extractfile(m).read()).hexdigest()) for m in tar
-            ]
-    return digest
 
 
 def attempts(output: Path) -> dict[int, int]:
@@ -163,7 +151,7 @@ def test_worker_killed_inside_a_task_is_retried(cluster, listing, local_output, 
     frames = 4 * 75
     assert f"{frames}/{frames}" in log.split("frames")[-1], log[-2000:]
     assert "4/4" in log.split("sources")[-1]
-    assert tar_digest(out) == tar_digest(local_output)
+    assert synth.tar_digest(out) == synth.tar_digest(local_output)
     assert sorted(attempts(out).values())[-1] == 2 and min(attempts(out).values()) == 1
     assert not leftovers(out)
 
@@ -180,7 +168,7 @@ def test_retries_are_bounded_and_the_rest_finishes(cluster, listing, local_outpu
     assert len(list(out.glob("0000?.json"))) == 3 and not leftovers(out)
     code, log = finish(start(listing, out, c.address))
     assert code == 0, log
-    assert tar_digest(out) == tar_digest(local_output)
+    assert synth.tar_digest(out) == synth.tar_digest(local_output)
 
 
 def test_driver_killed_then_rerun_resumes(cluster, listing, local_output, tmp_path):
@@ -192,7 +180,7 @@ def test_driver_killed_then_rerun_resumes(cluster, listing, local_output, tmp_pa
     proc.wait()
     code, log = finish(start(listing, out, c.address))
     assert code == 0, log
-    assert tar_digest(out) == tar_digest(local_output)
+    assert synth.tar_digest(out) == synth.tar_digest(local_output)
     assert not leftovers(out)
 
 
@@ -206,6 +194,6 @@ def test_node_lost_while_its_task_runs(cluster, listing, local_output, tmp_path)
     c.remove_node(nodes[1], allow_graceful=False)
     code, log = finish(proc)
     assert code == 0, log
-    assert tar_digest(out) == tar_digest(local_output)
+    assert synth.tar_digest(out) == synth.tar_digest(local_output)
     assert max(attempts(out).values()) == 2, log
     assert not leftovers(out)

@@ -148,13 +148,19 @@ def run_shard(
         "output_id": output_id,
         "attempt": attempt,
     }
+    _publish(out, name, parts, stats)
+    return stats
+
+
+def _publish(out: Output, name: str, parts: list[tuple[str, str]], stats: dict[str, Any]) -> None:
+    """Rename the tar parts to their final names, then write the shard json: the done-marker,
+    last, so that a shard with a json is complete."""
     listing = out.write_temp(
         f"{name}.json", (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode()
     )
     for tmp, final in parts:
         out.publish(tmp, final)
     out.publish(listing, f"{name}.json")
-    return stats
 
 
 def _region_record(reports: list[SourceReport], regions: list[RegionStats]) -> dict[str, Any]:
