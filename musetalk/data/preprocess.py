@@ -342,5 +342,9 @@ class _Bars:
         self.stop.set()
         if self.counter is not None:
             self.counter.join()
+        if self.sources.n == self.sources.total and self.frames.n < self.frames.total:
+            # every source is done: the rest of the estimate were frames of skipped sources
+            self.frames.total = self.frames.n
+            self.frames.refresh()
         self.frames.close()
         self.sources.close()
