@@ -51,7 +51,7 @@ from musetalk.audio.windows import add_positional_encoding, audio_windows
 from musetalk.config import parse
 from musetalk.data.output import Output
 from musetalk.data.preprocess import PreprocessConfig, preprocess
-from musetalk.data.reader import raw_samples, resolve_shards
+from musetalk.data.reader import decode_meta, raw_samples, resolve_shards
 from musetalk.data.writer import ShardWriter
 from musetalk.eval.metrics import image_scores
 from musetalk.models import (
@@ -110,7 +110,7 @@ def make_shards(work: Path, whisper_dir: Path) -> dict[str, Path]:
     import webdataset as wds
 
     samples = list(wds.DataPipeline(*raw_samples(wds.SimpleShardList(resolve_shards(shards)))))
-    metas = [json.loads(raw["json"]) for raw in samples]
+    metas = [decode_meta(raw, raw["__key__"]) for raw in samples]
     end: dict[str, int] = {}  # source -> one past its last frame
     for meta in metas:
         end[meta["source"]] = max(end.get(meta["source"], 0), meta["frame_index"][-1] + 1)
@@ -158,7 +158,7 @@ def held_out_clips(held: Path, seed: int) -> list[dict]:
                     "reference": reference[0],
                     "mouth": mouth[0],
                     "source": source,
-                    "frame": sample.meta["frame_index"][t],
+                    "frame": int(sample.meta["frame_index"][t]),
                 }
             )
     return clips

@@ -448,6 +448,19 @@ def edited(members: list[tuple[str, bytes]], change) -> list[tuple[str, bytes]]:
     return out
 
 
+def edited_array(members: list[tuple[str, bytes]], name: str, change) -> list[tuple[str, bytes]]:
+    """The members with the per-frame array `name` (`<key>.<name>.npy`) passed through
+    `change(array) -> array`."""
+    from musetalk.data.reader import decode_npy
+    from musetalk.data.writer import encode_npy
+
+    suffix = f".{name}.npy"
+    return [
+        (n, encode_npy(change(decode_npy(data).copy())) if n.endswith(suffix) else data)
+        for n, data in members
+    ]
+
+
 @pytest.fixture(scope="module")
 def damaged(both_videos_shards, tmp_path_factory) -> tuple[Path, Path, set[str]]:
     """(good dir, damaged dir, good keys): the damaged dir holds one good shard and one of each
@@ -464,16 +477,16 @@ def damaged(both_videos_shards, tmp_path_factory) -> tuple[Path, Path, set[str]]
     def lie(meta):  # claims 250 frames, has the members of 100
         return {**meta, "num_frames": 250}
 
-    def nan(meta):
-        meta["landmarks"][3][29][1] = float("nan")
-        return meta
+    def nan(landmarks):
+        landmarks[3, 29, 1] = np.nan
+        return landmarks
 
-    def short(meta):
-        return {**meta, "landmarks": meta["landmarks"][:3]}
+    def short(landmarks):
+        return landmarks[:3]
 
     write_tar(d / "03-lies.tar", edited(one, lie))
-    write_tar(d / "04-nan.tar", edited(one, nan))
-    write_tar(d / "05-short.tar", edited(one, short))
+    write_tar(d / "04-nan.tar", edited_array(one, "landmarks", nan))
+    write_tar(d / "05-short.tar", edited_array(one, "landmarks", short))
     write_tar(d / "06-badjson.tar", edited(one, lambda meta: b"{not json"))
     garbage = [(n, b"not a jpeg" if n.endswith(".jpg") else v) for n, v in one]
     write_tar(d / "07-badjpg.tar", garbage)

@@ -16,7 +16,14 @@ import pytest
 from musetalk import stats
 from musetalk.audio.context import context_of
 from musetalk.data.reader import iter_samples
-from musetalk.data.schema import REGION_VERSION, SCHEMA_VERSION, ShardError
+from musetalk.data.schema import (
+    FRAME_ARRAYS,
+    REGION_VERSION,
+    SCHEMA_VERSION,
+    ShardError,
+    array_member,
+)
+from musetalk.data.writer import encode_npy
 from musetalk.face import region
 
 # ---------------------------------------------------------------------------------------------
@@ -76,12 +83,23 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_dataset(root: Path, metas: list[dict], summary_over: dict | None = None) -> Path:
-    """A preprocess-like output: one tar (json + undecodable media members) and stats.json."""
+def write_dataset(
+    root: Path, metas: list[dict], summary_over: dict | None = None, schema: int = SCHEMA_VERSION
+) -> Path:
+    """A preprocess-like output: one tar (facts + undecodable media members) and stats.json.
+    schema 3: per-frame arrays as `<name>.npy` members; 2: all facts in the json."""
     root.mkdir(parents=True, exist_ok=True)
     with tarfile.open(root / "00000-000.tar", "w") as tar:
         for meta in metas:
             key = meta["key"]
+            meta = {**meta, "schema_version": meta["schema_version"] if schema > 2 else 2}
+            if schema > 2:
+                for name, (_, dtype) in FRAME_ARRAYS.items():
+                    if name not in meta:
+                        continue
+                    values = [np.nan if v is None else v for v in meta.pop(name)]
+                    array = np.asarray(values, dtype=dtype)
+                    add_member(tar, f"{key}.{array_member(name)}", encode_npy(array))
             add_member(tar, f"{key}.json", json.dumps(meta).encode())
             add_member(tar, f"{key}.wav", b"not a wav")
             add_member(tar, f"{key}.whisper.npy", b"not an npy")
@@ -110,8 +128,12 @@ def synthetic(tmp_path: Path) -> tuple[Path, list[dict]]:
     return write_dataset(tmp_path / "synthetic", metas), metas
 
 
-def test_load_frames_reads_the_jsons_without_decoding_media(synthetic):
+@pytest.mark.parametrize("schema", [3, 2])
+def test_load_frames_reads_the_jsons_without_decoding_media(synthetic, schema, tmp_path):
+    """The facts of schema 3 (arrays in .npy members) and schema 2 shards (json lists) alike."""
     root, metas = synthetic
+    if schema == 2:
+        root = write_dataset(tmp_path / "schema2", metas, schema=2)
     frames = stats.load_frames(root)
     assert len(frames) == sum(m["num_frames"] for m in metas)
     assert frames["key"].tolist() == [m["key"] for m in metas for _ in range(m["num_frames"])]

@@ -19,7 +19,7 @@ from musetalk.audio.context import context_features
 from musetalk.audio.mel import log_mel, mel_window
 from musetalk.audio.whisper import WhisperEncoder
 from musetalk.audio.windows import audio_windows
-from musetalk.data.reader import iter_samples, resolve_shards
+from musetalk.data.reader import decode_meta, iter_samples, resolve_shards
 from musetalk.data.schema import ShardError
 from musetalk.face import region
 from musetalk.training.clips import context_audio_windows
@@ -504,7 +504,7 @@ def test_min_face_size_leaves_out_narrow_faces(shards: Path) -> None:
     raw = next(iter(tar_samples(next(shards.glob("*.tar"))).values()))
     sample = {"__key__": raw[0][0].split(".", 1)[0], "__url__": "x"}
     sample |= {name.split(".", 1)[1]: data for name, data in raw}
-    meta = json.loads(sample["json"])
+    meta = decode_meta(sample, "x")
     width = face_width(meta)
     lms, det = np.asarray(meta["landmarks"][0]), np.asarray(meta["det_box"][0])
     assert width == pytest.approx(max(det[2], lms[:, 0].max()) - min(det[0], lms[:, 0].min()))

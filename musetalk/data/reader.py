@@ -28,13 +28,22 @@ import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from musetalk.audio.context import WINDOW_SAMPLES, SampleContext
-from musetalk.data.schema import check_key, check_meta, frame_member
+from musetalk.data.schema import (
+    FRAME_ARRAYS,
+    OPTIONAL_ARRAYS,
+    array_member,
+    check_key,
+    check_meta,
+    check_versions,
+    frame_member,
+)
 from musetalk.errors import InputNotFoundError, ShardError
 from musetalk.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
 
 __all__ = [
     "Sample",
     "decode_image",
+    "decode_meta",
     "decode_npy",
     "decode_sample",
     "decode_wav",
@@ -49,7 +58,9 @@ __all__ = [
 class Sample:
     """One decoded sample.
 
-    meta: the `<key>.json` facts (landmarks etc., see README "Shard schema").
+    meta: the `<key>.json` facts with the per-frame arrays (schema 3: `<key>.<name>.npy`
+        members; schema 2: json lists) as numpy arrays (`schema.FRAME_ARRAYS`; README "Shard
+        schema").
     audio: (T * 640,) float32 in [-1, 1] at 16 kHz.
     frames: T context crops, RGB uint8 (h, w, 3) each (sizes in meta["crop_size"]); empty when
         images were not requested.
@@ -203,7 +214,34 @@ def _raise_shard_error(exc: Exception, url: str) -> bool:
 # --------------------------------------------------------------------------- decoding
 
 
-_KNOWN = {"json", "wav", "context.wav", "whisper.npy"}
+_ARRAY_MEMBERS = {array_member(name): name for name in FRAME_ARRAYS}
+_KNOWN = {"json", "wav", "context.wav", "whisper.npy", *_ARRAY_MEMBERS}
+
+
+def decode_meta(members: dict[str, Any], where: str) -> dict[str, Any]:
+    """The checked facts of a sample from its json and (schema 3) per-frame array members
+    (suffix -> bytes); the arrays as `schema.FRAME_ARRAYS` numpy arrays for both schema 2 and 3
+    (`check_meta`). ShardError names `where` and what is wrong."""
+    if "json" not in members:
+        raise ShardError(f"{where}: no json member")
+    try:
+        meta = json.loads(members["json"])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ShardError(f"{where}: the json member is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ShardError(f"{where}: the json member is not an object")
+    check_versions(meta, where)
+    if meta["schema_version"] >= 3:
+        for suffix, name in _ARRAY_MEMBERS.items():
+            if suffix not in members:
+                if name in OPTIONAL_ARRAYS:
+                    continue
+                raise ShardError(f"{where}: no {suffix} member (schema 3)")
+            try:
+                meta[name] = decode_npy(members[suffix])
+            except (ValueError, EOFError, OSError) as exc:
+                raise ShardError(f"{where}.{suffix}: not a plain numeric array ({exc})") from None
+    return check_meta(meta, where=where)
 
 
 def decode_sample(raw: dict[str, Any], images: bool = True, context_audio: bool = False) -> Sample:
@@ -219,13 +257,7 @@ def decode_sample(raw: dict[str, Any], images: bool = True, context_audio: bool 
             "'-'; a path or dots in a member name is refused)"
         ) from None
     where = f"{url}:{key}"
-    if "json" not in raw:
-        raise ShardError(f"{where}: no json member")
-    try:
-        meta = json.loads(raw["json"])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ShardError(f"{where}: the json member is not valid JSON ({exc})") from None
-    meta = check_meta(meta, where=where)
+    meta = decode_meta(raw, where)
     n = meta["num_frames"]
     jpgs = {k for k in raw if k.endswith(".jpg")}
     unknown = [k for k in raw if not k.startswith("__") and k not in _KNOWN and k not in jpgs]
@@ -286,23 +318,23 @@ def iter_samples(source: str | Path | Sequence[str], images: bool = True) -> Ite
 
 
 def iter_metas(source: str | Path | Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(shard URL, checked sample json) of every sample, in order, reading only the json
-    members: the other members' payloads are skipped, not read (for statistics over large
-    datasets). Damaged shards and samples raise ShardError naming them."""
+    """(shard URL, checked sample facts as `decode_meta` gives them) of every sample, in order,
+    reading only the json and per-frame array members: the other members' payloads are
+    skipped, not read (for statistics over large datasets). Damaged shards and samples raise
+    ShardError naming them."""
     for url in resolve_shards(source):
         try:
             with fsspec.open(url, "rb") as stream, tarfile.open(fileobj=stream) as tar:
+                key, members = None, {}
                 for member in tar:
-                    key, _, suffix = member.name.partition(".")
-                    if not member.isfile() or suffix != "json":
-                        continue
-                    where = f"{url}:{key}"
-                    try:
-                        meta = json.loads(tar.extractfile(member).read())
-                    except (ValueError, UnicodeDecodeError) as exc:
-                        raise ShardError(
-                            f"{where}: the json member is not valid JSON ({exc})"
-                        ) from None
-                    yield url, check_meta(meta, where=where)
+                    name, _, suffix = member.name.partition(".")
+                    if name != key and members:
+                        yield url, decode_meta(members, f"{url}:{key}")
+                        members = {}
+                    key = name
+                    if member.isfile() and (suffix == "json" or suffix in _ARRAY_MEMBERS):
+                        members[suffix] = tar.extractfile(member).read()
+                if members:
+                    yield url, decode_meta(members, f"{url}:{key}")
         except (tarfile.TarError, EOFError) as exc:
             raise ShardError(f"{url}: unreadable shard ({type(exc).__name__}: {exc})") from None

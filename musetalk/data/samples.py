@@ -26,7 +26,14 @@ from musetalk.audio import AudioStream
 from musetalk.audio.context import SampleContext
 from musetalk.config import settings
 from musetalk.data.audio_context import ContextReader
-from musetalk.data.schema import LANDMARK_CONVENTION, REGION_VERSION, SCHEMA_VERSION, frame_member
+from musetalk.data.schema import (
+    FRAME_ARRAYS,
+    LANDMARK_CONVENTION,
+    REGION_VERSION,
+    SCHEMA_VERSION,
+    array_member,
+    frame_member,
+)
 from musetalk.data.sources import Source
 from musetalk.data.writer import encode_npy, encode_wav
 from musetalk.face import region
@@ -312,13 +319,33 @@ class SourceProcessor:
 
     def _build(self, run: list[_Frame], wav: np.ndarray, context: SampleContext) -> SampleData:
         """The sample of a run; wav: (len(run) * 640,) float32, its 16 kHz audio; context:
-        where its audio context sits in the source."""
+        where its audio context sits in the source. Scalars go to the json member, per-frame
+        arrays to `<name>.npy` members (`schema.FRAME_ARRAYS`); `meta` holds both, as the
+        reader decodes them."""
         start = run[0].index
         key = f"{self.source.source_id}_t{run[0].face.track_id}_{start:06d}"
         lms = np.stack([f.face.face.landmarks for f in run])
         det = np.stack([f.face.face.box for f in run])
         facts = [region.training_frame(d, lm) for d, lm in zip(det, lms, strict=True)]
-        norm = [f.equivalent_shift_norm for f in facts]
+        arrays = {
+            "frame_index": [f.index for f in run],
+            "landmarks": lms,
+            "det_box": det,
+            "det_score": [f.face.face.score for f in run],
+            "detected": [bool(f.face.detected) for f in run],
+            "training_box": [f.box for f in facts],
+            "mask_upper_bound": [f.mask_upper_bound for f in facts],
+            "nearest_nose_landmark": [f.nearest_nose_landmark for f in facts],
+            "nose_length": [f.nose_length for f in facts],
+            "equivalent_shift": [f.equivalent_shift for f in facts],
+            "equivalent_shift_norm": [
+                np.nan if f.equivalent_shift_norm is None else f.equivalent_shift_norm
+                for f in facts
+            ],
+            "crop_rect": [f.rect for f in run],
+            "crop_size": [f.crop_size for f in run],
+        }
+        arrays = {k: np.asarray(v, dtype=FRAME_ARRAYS[k][1]) for k, v in arrays.items()}
         meta: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "region_version": REGION_VERSION,
@@ -329,33 +356,17 @@ class SourceProcessor:
             "track_id": run[0].face.track_id,
             "fps": FPS,
             "num_frames": len(run),
-            "frame_index": [f.index for f in run],
             "source_size": list(self.frame_size),
             "source_fps": self.report.source_fps,
             "rotation": self.report.rotation,
             "landmark_convention": LANDMARK_CONVENTION,
-            "landmarks": _round(lms, 2),
-            "det_box": _round(det, 2),
-            "det_score": _round(np.array([f.face.face.score for f in run]), 4),
-            "training_box": _round([f.box for f in facts], 2),
-            "mask_upper_bound": _round([f.mask_upper_bound for f in facts], 2),
-            "nearest_nose_landmark": [f.nearest_nose_landmark for f in facts],
-            "equivalent_shift": _round([f.equivalent_shift for f in facts], 3),
-            "equivalent_shift_norm": [None if v is None else round(v, 5) for v in norm],
-            "nose_length": _round([f.nose_length for f in facts], 3),
-            "detected": [bool(f.face.detected) for f in run],
-            "crop_rect": [list(f.rect) for f in run],
-            "crop_size": [list(f.crop_size) for f in run],
             "audio": {"sample_rate": SAMPLES_PER_FRAME * FPS, "num_samples": int(len(wav))},
             "audio_context": context.to_json(),
             "face": self.face_info,
             "audio_features": self.features_info,
         }
         members = {"json": json.dumps(meta, separators=(",", ":")).encode(), "wav": encode_wav(wav)}
+        members |= {array_member(k): encode_npy(v) for k, v in arrays.items()}
         for i, f in enumerate(run):
             members[frame_member(i)] = f.jpeg
-        return SampleData(key, members, meta)
-
-
-def _round(arr: np.ndarray, decimals: int) -> list:
-    return np.round(np.asarray(arr, dtype=np.float64), decimals).tolist()
+        return SampleData(key, members, meta | arrays)

@@ -240,8 +240,8 @@ def make_clips(
     where = f"{sample.url}:{sample.key}"
     _check_audio_mode(sample, options, where)
     crops = SampleCrops(raw, sample.meta, where, options)
-    shifts = sample.meta["equivalent_shift_norm"]
-    norms = np.array([v for v in shifts if v is not None], dtype=np.float64)
+    shifts = np.asarray(sample.meta["equivalent_shift_norm"], dtype=np.float64)
+    norms = shifts[np.isfinite(shifts)]  # NaN: no value for that frame
     mel = log_mel(sample.audio) if options.sync_mel else None
     clips = []
     for _ in range(options.clips_per_sample):
