@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,dwpose,fan,ray,learn
+EXTRAS ?= dev,dwpose,fan,ray,learn,app
 
 .PHONY: setup test lint format preprocess clean
 

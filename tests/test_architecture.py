@@ -131,6 +131,16 @@ def test_only_entry_points_import_hydra() -> None:
     assert not offenders
 
 
+def test_only_the_app_imports_gradio() -> None:
+    offenders = [
+        m
+        for m, path in MODULES.items()
+        if not (m == "musetalk.app" or m.startswith("musetalk.app."))
+        and re.search(r"^\s*(from|import) (gradio|gradio_client)\b", path.read_text(), re.M)
+    ]
+    assert not offenders
+
+
 def test_files_and_functions_stay_small() -> None:
     too_long = []
     for module, path in MODULES.items():

@@ -19,6 +19,7 @@ ENTRIES = {  # script: (primary config, groups composed with "+group=")
     "preprocess/run.py": ("preprocess", ()),
     "eval.py": ("eval", ()),
     "train.py": ("train", ("experiment",)),
+    "app.py": ("app", ()),
 }
 
 
