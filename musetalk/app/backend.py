@@ -28,6 +28,7 @@ from musetalk.app import preview as draw
 from musetalk.app.settings import AppConfig
 from musetalk.config import parse
 from musetalk.errors import ConfigError, InputError, InputNotFoundError
+from musetalk.face import region
 from musetalk.face.analyzer import Face
 from musetalk.files import sha256_file
 from musetalk.inference.avatar import AvatarCache, key_digest
@@ -39,6 +40,11 @@ from musetalk.timebase import FPS
 __all__ = ["AppBackend", "Generated", "PreviewResult", "Tracked"]
 
 log = logging.getLogger(__name__)
+
+UNUSABLE = (
+    "warning: this frame has no usable inference box (its landmarks reach past the frame "
+    "edges and the detector box is unusable too): generation leaves such frames unchanged"
+)
 
 #: Tracked uploads kept in memory (frames included), most recent last.
 TRACKED_IN_MEMORY = 2
@@ -235,8 +241,13 @@ class AppBackend:
         i = tracked.face_frame(frame)
         image, face = faces["frames"][i], Face(faces["det_boxes"][i], faces["landmarks"][i], 1.0)
         lo, hi = choice.shift_range
+        crop = draw.masked_crop(image, face, choice.shift, margin)
+        unusable = [] if crop is not None else [UNUSABLE]
+        if crop is None:
+            crop = np.zeros((region.CROP_SIZE, region.CROP_SIZE, 3), np.uint8)
         text = "\n".join(
             [
+                *unusable,
                 choice.range_line(),
                 f"auto: {auto_text}",
                 f"current: {choice.reason}",
@@ -249,7 +260,7 @@ class AppBackend:
             frame_index=i,
             num_frames=tracked.num_frames,
             image=draw.annotated(image, face, choice.shift, margin, pipe.face, (lo, hi)),
-            crop=draw.masked_crop(image, face, choice.shift, margin),
+            crop=crop,
             choice=choice,
             auto=auto_choice,
             auto_text=auto_text,

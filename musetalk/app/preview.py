@@ -50,9 +50,10 @@ def annotated(
 
 def masked_crop(
     frame: np.ndarray, face: Face, bbox_shift: float, extra_margin: float
-) -> np.ndarray:
+) -> np.ndarray | None:
     """(256, 256, 3) uint8: the inference box's crop with the lower half black, as the UNet's
-    masked input is made (black where it has to inpaint the mouth)."""
+    masked input is made (black where it has to inpaint the mouth); None when the frame has no
+    usable inference box (generation passes it through unchanged)."""
     regions = region_arrays(
         face.landmarks[None],
         face.box[None],
@@ -62,7 +63,7 @@ def masked_crop(
         frame.shape[:2],
     )
     if not regions["has_face"][0]:
-        return np.zeros((region.CROP_SIZE, region.CROP_SIZE, 3), np.uint8)
+        return None
     crop = region.crop(frame, regions["rects"][0], region.CROP_SIZE)
     x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float() / 127.5 - 1.0
     masked = mask_lower_half(x)
