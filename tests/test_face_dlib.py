@@ -189,6 +189,14 @@ def test_landmarks_are_in_original_frame_pixels(
     fitted = analyzer.landmarks(demo_frame, [face.box])
     assert fitted.shape == (1, 68, 2)
     np.testing.assert_allclose(fitted[0], face.landmarks, atol=1e-9)
+    # a frame with padded rows (a view, converted in place): exactly the same
+    padded = np.zeros((1920, 1200, 3), np.uint8)
+    padded[:, :1080] = demo_frame
+    view = padded[:, :1080]
+    assert not view.flags.c_contiguous
+    (again,) = analyzer.analyze(view)
+    assert np.array_equal(again.landmarks, face.landmarks)
+    assert np.array_equal(analyzer.landmarks(view, [face.box]), fitted)
 
 
 def test_no_face_in_noise_or_blank(analyzer: DlibAnalyzer) -> None:

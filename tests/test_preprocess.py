@@ -20,14 +20,15 @@ import synth
 
 from musetalk.audio import audio_for_frames, load_audio
 from musetalk.config import parse
+from musetalk.data import samples as samples_module
 from musetalk.data.preprocess import PreprocessConfig, preprocess
 from musetalk.data.reader import decode_wav, iter_samples
 from musetalk.data.samples import SampleOptions, SourceProcessor
 from musetalk.data.sources import Source
 from musetalk.errors import NoAudioStream, OutputRefusedError
-from musetalk.face import region
+from musetalk.face import build_analyzer, region
 from musetalk.face.analyzer import Face
-from musetalk.face.tracking import TrackedFace
+from musetalk.face.tracking import FaceTracker, TrackedFace
 from musetalk.video import probe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -425,7 +426,9 @@ def test_audio_shorter_than_video_ends_the_samples(face_frames, speech, tmp_path
         assert row["frames_decoded"] == 75 and row["frames_with_face"] == 75, name
         assert row["frames_in_samples"] == n and row["frames_dropped"] == {"past_audio_end": 75 - n}
         (sample,) = [s for s in samples.values() if Path(s.meta["source"]).name == name]
-        assert sample.meta["frame_index"].tolist() == list(range(n)) and len(sample.audio) == n * 640
+        assert (
+            sample.meta["frame_index"].tolist() == list(range(n)) and len(sample.audio) == n * 640
+        )
         assert "audio" in row["stage_seconds"]
     reference = load_audio(wav)
     np.testing.assert_allclose(samples[str(silent)].audio, reference, atol=1 / 32767)
@@ -492,3 +495,52 @@ def test_no_audio_raised_before_decoding_frames(tmp_path):
     with pytest.raises(NoAudioStream):
         next(processor.samples())
     assert tracker.updates == 0 and not progress and processor.report.frames_decoded == 0
+
+
+# ---------------------------------------------------------------- pipelined frame loop
+
+
+@pytest.mark.parametrize("ahead", [1, samples_module.ENCODE_AHEAD])
+def test_pipelined_frame_loop_gives_the_same_samples(zoo, monkeypatch, ahead):
+    """Decode ahead + crops encoded in a thread behind the face analysis: byte for byte the
+    samples (and counts) of the same loop run in one thread, with at most `ahead` crops (each
+    holding its frame) in flight."""
+    monkeypatch.setattr(samples_module, "ENCODE_AHEAD", ahead)
+    in_flight = []
+    submit = samples_module._Encoder.submit
+
+    def counted(self, frame, face):
+        future = submit(self, frame, face)
+        in_flight.append(len(self.inflight))
+        return future
+
+    monkeypatch.setattr(samples_module._Encoder, "submit", counted)
+    tracker = FaceTracker(build_analyzer("dlib"))
+    runs = {}
+    for pipelined in (False, True):
+        for name in ("gap.mp4", "cut.mp4"):
+            processor = SourceProcessor(
+                Source(str(zoo / name)), tracker, SampleOptions(), {}, pipelined=pipelined
+            )
+            samples = [(s.key, s.members) for s in processor.samples()]
+            report = processor.report.to_json()
+            report.pop("stage_seconds")
+            runs[pipelined, name] = samples, report
+    for name in ("gap.mp4", "cut.mp4"):
+        assert len(runs[True, name][0]) == 2
+        assert runs[True, name] == runs[False, name]
+    assert max(in_flight) <= ahead and len(in_flight) >= 4 * 75
+
+
+def test_worker_thread_budget():
+    """A pool worker's start-up (`limit_threads(cores // workers)`): OpenCV 1 thread, torch and
+    FFmpeg decoding the budget, in a fresh process like the workers."""
+    code = (
+        "import cv2, torch\n"
+        "from musetalk.data.shard_task import limit_threads\n"
+        "from musetalk.video import reader\n"
+        "limit_threads(1)\n"
+        "print(cv2.getNumThreads(), torch.get_num_threads(), reader._decode_threads)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1", "1"]

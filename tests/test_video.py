@@ -26,7 +26,7 @@ from musetalk.errors import (
     NoVideoStream,
     TruncatedMedia,
 )
-from musetalk.video import VideoReader, VideoWriter, iter_frames, probe
+from musetalk.video import VideoReader, VideoWriter, iter_frames, probe, set_decode_threads
 
 VFR_PTS_MS = [0, 40, 50, 130, 200, 210, 220, 400, 410, 600]
 
@@ -343,6 +343,22 @@ def test_writer_rejects_bad_frames_and_cleans_up(tmp_path: Path) -> None:
         pass
     with pytest.raises(ValueError, match="mono"):
         VideoWriter(path, audio=np.zeros((100, 2), np.float32))
+
+
+def test_decode_threads_give_the_same_frames(shared_data):
+    """One FFmpeg thread (a worker among others) or FFmpeg's choice: the same pixels."""
+    path = shared_data / "talking_demo1.mp4"  # HEVC 1080x1920: frame and slice threading
+    frames = {}
+    try:
+        for threads in (1, 2, 0):
+            set_decode_threads(threads)
+            frames[threads] = np.stack([f for _, f in VideoReader(path).frames(0, 12)])
+    finally:
+        set_decode_threads(0)
+    assert frames[1].shape == (12, 1920, 1080, 3)
+    assert np.array_equal(frames[1], frames[0]) and np.array_equal(frames[2], frames[0])
+    with pytest.raises(ValueError, match="threads"):
+        set_decode_threads(-1)
 
 
 def test_prefetch_gives_the_same_frames_and_forwards_errors(tmp_path):

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from musetalk.audio.whisper import local_model_dir
 from musetalk.data.output import CONFIG, MANIFEST, RECORD_FORMAT, STATS, TOOL, Output, claim
 from musetalk.data.settings import RUNTIME_ONLY, PreprocessConfig
-from musetalk.data.shard_task import run_shard
+from musetalk.data.shard_task import limit_threads, run_shard
 from musetalk.data.sources import VIDEO_EXTENSIONS, Source, assign_shards, list_sources
 from musetalk.data.summary import format_summary, write_summary
 from musetalk.errors import ConfigError, InputError, OutputRefusedError
@@ -260,14 +260,20 @@ def _run_pool(todo, shards, config, output_id, workers, bars) -> list[int]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        queue = manager.Queue()
-        pump = threading.Thread(target=_pump, args=(queue, bars), daemon=True)
-        pump.start()
-        failures = []
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    queue = ctx.Queue()  # progress from the workers: handed over at their start, no server process
+    pump = threading.Thread(target=_pump, args=(queue, bars), daemon=True)
+    pump.start()
+    failures = []
+    threads = max(1, (os.cpu_count() or 1) // workers)  # per worker: no oversubscription
+    try:
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=ctx,
+            initializer=_start_worker,
+            initargs=(queue, threads),
+        ) as pool:
             futures = {
-                pool.submit(run_shard, i, shards[i], config, output_id, _QueueProgress(queue)): i
+                pool.submit(run_shard, i, shards[i], config, output_id, _QueueProgress()): i
                 for i in todo
             }
             for future in as_completed(futures):
@@ -276,29 +282,40 @@ def _run_pool(todo, shards, config, output_id, workers, bars) -> list[int]:
                 except Exception as exc:
                     print(f"shard {futures[future]} failed: {type(exc).__name__}: {exc}")
                     failures.append(futures[future])
+    finally:
         queue.put(None)
         pump.join()
+        queue.close()
     return sorted(failures)
 
 
-class _QueueProgress:
-    """Picklable progress callback that forwards (what, n) to the parent's queue."""
+_progress_queue = None  # in a pool worker: the parent's progress queue
 
-    def __init__(self, queue) -> None:
-        self.queue = queue
+
+def _start_worker(queue, threads: int) -> None:
+    """Pool worker start-up: the progress queue, and the thread budget (`limit_threads`)."""
+    global _progress_queue
+    _progress_queue = queue
+    limit_threads(threads)
+
+
+class _QueueProgress:
+    """Picklable progress callback of a pool task: forwards (what, n) to the parent's queue."""
+
+    def __init__(self) -> None:
         self.pending = 0
 
     def __call__(self, what: str, n: int) -> None:
         if what == "frames":
             self.pending += n
             if self.pending >= 25:
-                self.queue.put(("frames", self.pending))
+                _progress_queue.put(("frames", self.pending))
                 self.pending = 0
         else:
             if self.pending:
-                self.queue.put(("frames", self.pending))
+                _progress_queue.put(("frames", self.pending))
                 self.pending = 0
-            self.queue.put((what, n))
+            _progress_queue.put((what, n))
 
 
 def _pump(queue, bars: _Bars) -> None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
 
@@ -54,6 +56,7 @@ SILENT_AUDIO = "silent_audio"  # the audio of every sample peaks below SILENCE_D
 SILENCE_DBFS = -50.0
 
 PREFETCH = 4  # frames decoded ahead in a background thread while faces are analysed
+ENCODE_AHEAD = 4  # crops encoded in a background thread while the next frames are analysed
 
 
 @settings
@@ -172,12 +175,47 @@ def encode_crop(
     pixels = frame[y1:y2, x1:x2]
     if size != (x2 - x1, y2 - y1):
         pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(
-        ".jpg", pixels[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]
-    )
+    bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)  # a channel swap: the same bytes as [..., ::-1]
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return rect, size, buf.tobytes()
+
+
+def _timed_encode(frame: np.ndarray, face: TrackedFace, options: SampleOptions) -> tuple:
+    start = time.perf_counter()
+    return *encode_crop(frame, face, options), time.perf_counter() - start
+
+
+class _Encoder:
+    """`encode_crop` in one background thread (OpenCV releases the GIL), so that the JPEG of a
+    frame is made while the next frames are decoded and tracked; results come back in order.
+
+    ahead: crops in flight at most (each holds its whole frame until encoded, so memory stays
+    bounded); 0 = encode inline, in the caller's thread.
+    """
+
+    def __init__(self, options: SampleOptions, ahead: int) -> None:
+        self.options = options
+        self.ahead = ahead
+        self.pool = ThreadPoolExecutor(1, "musetalk-encode") if ahead > 0 else None
+        self.inflight: deque[Future] = deque()
+
+    def submit(self, frame: np.ndarray, face: TrackedFace) -> Future:
+        """A future of (rect, size, jpeg, seconds spent encoding)."""
+        if self.pool is None:
+            done: Future = Future()
+            done.set_result(_timed_encode(frame, face, self.options))
+            return done
+        while self.inflight and (self.inflight[0].done() or len(self.inflight) >= self.ahead):
+            self.inflight.popleft().result()  # waits for the oldest while `ahead` are in flight
+        future = self.pool.submit(_timed_encode, frame, face, self.options)
+        self.inflight.append(future)
+        return future
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class SourceProcessor:
@@ -187,7 +225,8 @@ class SourceProcessor:
     every sample. Every sample stores its audio context (`musetalk.audio.context`): the source's
     30 s windows its frames' audio windows fall in, as `<key>.context.wav`; with an `encoder`
     (a `WhisperEncoder`) also the encoder states of the steps it uses, as `<key>.whisper.npy`
-    (float16), described by `features_info` in the json.
+    (float16), described by `features_info` in the json. pipelined: decode ahead and encode
+    crops behind the face analysis in threads (False: all in the caller's thread, same output).
     """
 
     def __init__(
@@ -199,8 +238,10 @@ class SourceProcessor:
         encoder: Any | None = None,
         progress: Callable[[int], None] | None = None,
         features_info: dict[str, Any] | None = None,
+        pipelined: bool = True,
     ) -> None:
         self.source = source
+        self.pipelined = pipelined
         self.tracker = tracker
         self.options = options
         self.face_info = face_info
@@ -237,41 +278,58 @@ class SourceProcessor:
             info.warnings.append(SILENT_AUDIO)
 
     def _cut(self, reader: VideoReader, audio: AudioStream) -> Iterator[SampleData]:
-        """Track the frames and cut them into runs of one face; flush each run as it ends."""
+        """Track the frames and cut them into runs of one face; flush each run as it ends.
+
+        Decoding (a thread ahead), face analysis (here) and crop encoding (a thread behind)
+        overlap unless `pipelined` is False; the samples are the same either way.
+        """
         info, timed = self.report, self.report.stage_seconds
         self.tracker.reset()
         self.frame_size = (reader.info.height, reader.info.width)
-        run: list[_Frame] = []
-        frames = reader.frames(prefetch=PREFETCH)
-        while True:
-            with timed("decode"):
-                index, frame = next(frames, (None, None))
-            if frame is None:
-                break
-            info.frames_decoded += 1
-            if self.progress is not None:
-                self.progress(1)
-            with timed("faces"):
-                faces = self.tracker.update(frame)
-            info.max_faces_in_frame = max(info.max_faces_in_frame, len(faces))
-            face, reason = usable_face(faces, self.options)
-            if face is not None:
-                info.frames_with_face += 1
-            if face is not None and audio.ended and index >= audio.frames_available(FPS):
-                face, reason = None, NO_AUDIO_LEFT
-            if run and (face is None or face.track_id != run[-1].face.track_id):
-                yield from self._flush(run, audio)
-                run = []
-            if face is None:
-                info.frames_dropped[reason] += 1
-                continue
-            with timed("crop_encode"):
-                rect, size, jpeg = encode_crop(frame, face, self.options)
-            run.append(_Frame(index, face, rect, size, jpeg))
-            if len(run) == self.options.max_frames:
-                yield from self._flush(run, audio)
-                run = []
-        yield from self._flush(run, audio)
+        run: list[tuple[int, TrackedFace, Future]] = []
+        frames = reader.frames(prefetch=PREFETCH if self.pipelined else 0)
+        encoder = _Encoder(self.options, ENCODE_AHEAD if self.pipelined else 0)
+        try:
+            while True:
+                with timed("decode"):
+                    index, frame = next(frames, (None, None))
+                if frame is None:
+                    break
+                info.frames_decoded += 1
+                if self.progress is not None:
+                    self.progress(1)
+                with timed("faces"):
+                    faces = self.tracker.update(frame)
+                info.max_faces_in_frame = max(info.max_faces_in_frame, len(faces))
+                face, reason = usable_face(faces, self.options)
+                if face is not None:
+                    info.frames_with_face += 1
+                if face is not None and audio.ended and index >= audio.frames_available(FPS):
+                    face, reason = None, NO_AUDIO_LEFT
+                if run and (face is None or face.track_id != run[-1][1].track_id):
+                    yield from self._flush(self._encoded(run), audio)
+                    run = []
+                if face is None:
+                    info.frames_dropped[reason] += 1
+                    continue
+                run.append((index, face, encoder.submit(frame, face)))
+                if len(run) == self.options.max_frames:
+                    yield from self._flush(self._encoded(run), audio)
+                    run = []
+            yield from self._flush(self._encoded(run), audio)
+        finally:
+            encoder.close()
+            frames.close()
+
+    def _encoded(self, run: list[tuple[int, TrackedFace, Future]]) -> list[_Frame]:
+        """The run's frames with their crops, once encoded (`crop_encode`: the encoding time)."""
+        out = []
+        for index, face, future in run:
+            rect, size, jpeg, seconds = future.result()
+            self.report.stage_seconds.seconds["crop_encode"] += seconds
+            self.report.stage_seconds.calls["crop_encode"] += 1
+            out.append(_Frame(index, face, rect, size, jpeg))
+        return out
 
     def _skip_reason(self) -> str:
         dropped = self.report.frames_dropped

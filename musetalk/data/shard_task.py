@@ -25,9 +25,24 @@ from musetalk.data.stats import RegionStats
 from musetalk.data.writer import ShardWriter
 from musetalk.errors import MediaError
 
-__all__ = ["run_shard"]
+__all__ = ["limit_threads", "run_shard"]
 
 _WORKER_CACHE: dict[str, Any] = {}
+
+
+def limit_threads(threads: int) -> None:
+    """Thread budget of a worker process that shares the cores with other workers, set at its
+    start: `threads` (cores / workers) for FFmpeg decoding and torch (Whisper features), one for
+    OpenCV (each worker already runs decoding, face analysis and crop encoding in threads of
+    its own, see `SourceProcessor`). The output does not depend on these numbers."""
+    import cv2
+    import torch
+
+    from musetalk.video import set_decode_threads
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(threads)
+    set_decode_threads(threads)
 
 
 def _worker_tools(config: PreprocessConfig):

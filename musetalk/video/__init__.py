@@ -21,7 +21,14 @@ into an mp4, streaming, with no ffmpeg binary.
 """
 
 from musetalk.video.media import IMAGE_EXTENSIONS, is_image, open_media, read_image, video_start
-from musetalk.video.reader import VideoInfo, VideoReader, iter_frames, prefetched, probe
+from musetalk.video.reader import (
+    VideoInfo,
+    VideoReader,
+    iter_frames,
+    prefetched,
+    probe,
+    set_decode_threads,
+)
 from musetalk.video.writer import VideoWriter
 
 __all__ = [
@@ -35,5 +42,6 @@ __all__ = [
     "prefetched",
     "probe",
     "read_image",
+    "set_decode_threads",
     "video_start",
 ]

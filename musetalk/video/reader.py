@@ -36,6 +36,19 @@ _TRUNCATION_SLACK_FRAC = Fraction(1, 20)
 # Seek margins (s) tried before decoding from the start, when a seek lands after the target.
 _SEEK_MARGINS: tuple[float | None, ...] = (0, 1, 5, None)
 
+_decode_threads = 0  # see set_decode_threads
+
+
+def set_decode_threads(threads: int) -> None:
+    """FFmpeg threads of each video decoder opened from now on in this process, for decoding
+    and for the conversion to RGB (the frames are the same whatever the number); 0 = FFmpeg's
+    choice, about one per core. Like `cv2.setNumThreads`: worker processes sharing the cores
+    set cores / workers so that they do not oversubscribe them."""
+    global _decode_threads
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    _decode_threads = int(threads)
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -135,6 +148,7 @@ class VideoReader:
             with open_media(self.path) as container:
                 stream = _video_stream(container, self.path)
                 stream.thread_type = "AUTO"
+                stream.thread_count = _decode_threads
                 t0 = _start(stream)
                 seeked = seek_to is not None and seek_to > 0
                 if seeked:
@@ -158,13 +172,14 @@ class VideoReader:
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Nearest-previous selection: frame i gets the latest source frame with time <= i/fps."""
         k = self.info.rotation // 90
+        threads = _decode_threads
         indices = iter(wanted)
         i = next(indices)
         prev = first
         for frame in frames:
             t = _time(frame, stream, t0)
             while Fraction(i) / self.fps < t:
-                yield i, _to_rgb(prev, k)
+                yield i, _to_rgb(prev, k, threads)
                 i = next(indices, None)
                 if i is None:
                     return
@@ -173,7 +188,7 @@ class VideoReader:
         end = _time(prev, stream, t0) + _frame_duration(prev, stream, self.info.fps)
         truncated = duration - end > max(_TRUNCATION_SLACK_S, _TRUNCATION_SLACK_FRAC * duration)
         while i is not None and (not truncated or Fraction(i) / self.fps < end):
-            yield i, _to_rgb(prev, k)
+            yield i, _to_rgb(prev, k, threads)
             i = next(indices, None)
         if i is not None:
             raise TruncatedMedia(
@@ -263,9 +278,11 @@ def _frame_duration(
     return 1 / Fraction(fps).limit_denominator(1_000_000)
 
 
-def _to_rgb(frame: av.VideoFrame, k: int) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, rotated counter-clockwise by k * 90 degrees."""
-    rgb = frame.to_ndarray(format="rgb24")  # a view of a converted frame, rows may be padded
+def _to_rgb(frame: av.VideoFrame, k: int, threads: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, rotated counter-clockwise by k * 90 degrees; `threads`: of the
+    conversion, 0 = FFmpeg's choice."""
+    # a view of a converted frame, rows may be padded; swscale's threads since PyAV 17
+    rgb = frame.to_ndarray(format="rgb24", **({"threads": threads} if threads else {}))
     if frame.format.name == "rgb24":  # no conversion: the view would alias the decoder's frame
         rgb = rgb.copy()
     # one contiguous copy here, so that no consumer has to make its own

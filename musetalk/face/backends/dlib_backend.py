@@ -131,8 +131,15 @@ class DlibAnalyzer(FaceAnalyzer):
         }
 
     def _image(self, frame: np.ndarray) -> np.ndarray:
-        frame = check_frame(frame)
-        return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if self.gray else frame
+        """What dlib scans: a grayscale copy, or the RGB frame made contiguous."""
+        if not self.gray:
+            return check_frame(frame)
+        arr = np.asarray(frame)
+        if arr.ndim != 3 or arr.strides[1:] != (3, 1):  # OpenCV reads rows of pixels in place
+            arr = check_frame(arr)  # (a region of a frame is converted without a copy first)
+        elif arr.dtype != np.uint8 or arr.shape[2] != 3:
+            check_frame(arr)  # raises
+        return cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
 
     def detect(self, frame: np.ndarray) -> list[tuple[np.ndarray, float]]:
         """Faces in one RGB uint8 frame (H, W, 3): ((4,) box in frame pixels, score), best first."""
