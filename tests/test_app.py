@@ -254,6 +254,14 @@ def test_browser_preview_slider_and_generate(server, media, chromium, tmp_path):
             assert band_difference(first, second, mouth_rows(text, lo, hi, 1216)) > 0.5
             page.screenshot(path=shots / "preview-moved.png")  # the viewport: controls, preview
 
+            auto = page.get_by_label("auto bbox_shift")
+            auto.check()  # the training data's boundary (random weights: 0), then by hand again
+            sync_api.expect(info).to_have_value(re.compile("current: bbox_shift=auto -> "))
+            number.fill(str(hi))
+            number.press("Tab")
+            sync_api.expect(info).to_have_value(re.compile("current: bbox_shift=\\S+ as given"))
+            assert not auto.is_checked()  # a value chosen by hand turns auto off
+
             page.get_by_role("button", name="2. Generate").click()
             video = page.locator("#result video")
             video.wait_for(timeout=180_000)

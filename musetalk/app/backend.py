@@ -188,12 +188,13 @@ class AppBackend:
             raise InputNotFoundError(f"video not found: {path.name}")
         digest = self.digest(path)
         key = (digest, json.dumps(self.config.face, sort_keys=True))
+        hit = self._cached(key)
+        if hit is not None:  # a redraw: no waiting for another upload's tracking
+            return hit
         with self._track_lock:
-            with self._lock:
-                hit = self._tracked.get(key)
-                if hit is not None:
-                    self._tracked.move_to_end(key)
-                    return hit
+            hit = self._cached(key)  # tracked meanwhile
+            if hit is not None:
+                return hit
             pipe = self.pipeline(device)
             cache = AvatarCache(self.avatar_dir(digest))
             faces, faces_key, reused = pipe.track_faces(path, FPS, None, cache, progress=True)
@@ -205,6 +206,13 @@ class AppBackend:
                 while len(self._tracked) > TRACKED_IN_MEMORY:
                     self._tracked.popitem(last=False)
             return tracked
+
+    def _cached(self, key: tuple[str, str]) -> Tracked | None:
+        with self._lock:
+            hit = self._tracked.get(key)
+            if hit is not None:
+                self._tracked.move_to_end(key)
+            return hit
 
     def margin(self, extra_margin: float | None, device: str | None = None) -> float:
         """The extra margin to use: the page's value, else the app's, else the weights'."""
@@ -295,10 +303,10 @@ class AppBackend:
         device = device or self.config.device
         pipe = self.pipeline(device)
         run = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
-        output = self.outputs / run / f"{Path(tracked.source).stem[:40]}-lipsync.mp4"
+        output = self.outputs / run / f"{Path(video).stem[:40]}-lipsync.mp4"
         values = {
             **self._plain(device),
-            "video": tracked.source,
+            "video": str(video),  # this upload (the same content as the tracked one)
             "audio": str(audio),
             "output": str(output),
             "bbox_shift": AUTO if auto else _number(bbox_shift),

@@ -165,7 +165,14 @@ def _lipsync_events(gr: Any, backend: AppBackend, c: dict[str, Any], concurrency
     outputs = [c[k] for k in ("image", "crop", "info", "frame", "shift")]
     c["preview"].click(preview, inputs, outputs, api_name="preview", concurrency_limit=2)
     redraw = {"api_visibility": "private", "show_progress": "minimal"}
-    c["shift"].release(preview, inputs, outputs, trigger_mode="always_last", **redraw)
+
+    def moved(video, frame, bbox_shift, auto, extra_margin, device):
+        """A slider value chosen by hand: auto off."""
+        return (*preview(video, frame, bbox_shift, False, extra_margin, device), False)
+
+    c["shift"].release(
+        moved, inputs, [*outputs, c["auto"]], trigger_mode="always_last", **redraw
+    )  # fmt: skip
     c["frame"].release(preview, inputs, outputs, trigger_mode="always_last", **redraw)
     c["auto"].input(preview, inputs, outputs, **redraw)
     c["extra"].submit(preview, inputs, outputs, **redraw)
