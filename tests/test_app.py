@@ -155,11 +155,11 @@ def read_png(data: bytes) -> np.ndarray:
 # gradio_client
 
 
-def test_client_preview_and_generate(server, media):
+def test_client_preview_and_generate(server, media, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    client = Client(server, verbose=False)
+    client = Client(server, verbose=False, download_files=str(tmp_path))
     assert {"/preview", "/generate", "/statistics"} <= set(
         client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     )
