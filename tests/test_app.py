@@ -36,6 +36,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+MAX_UPLOAD_MB = 2  # the test server's upload limit (the media here are far smaller)
 CLIP_FRAMES = 20  # 0.8 s of yongen_video_only.mp4 (704 x 1216)
 AUDIO_SECONDS = (0.84, 0.6)  # -> 21 and 15 output frames at 25 fps
 
@@ -70,6 +71,8 @@ def media(tmp_path_factory) -> dict[str, Path]:
     shutil.copy(files["a"], files["audio_only"])
     files["not_media"] = root / "notes.mp4"
     files["not_media"].write_text("this is not a video\n")
+    files["too_big"] = root / "too_big.mp4"
+    files["too_big"].write_bytes(b"\0" * (MAX_UPLOAD_MB * 1024 * 1024 + 1))
     return files
 
 
@@ -81,7 +84,7 @@ def server(tmp_path_factory):
     log = root / "server.log"
     env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio"), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "app.py", "infer_model=tiny", f"server_port={port}"]
-    command.append(f"workdir={root / 'work'}")
+    command += [f"workdir={root / 'work'}", f"max_file_size={MAX_UPLOAD_MB}mb"]
     with open(log, "w") as out:
         proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
@@ -158,6 +161,9 @@ def read_png(data: bytes) -> np.ndarray:
 def test_client_preview_and_generate(server, media, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
+    from gradio_client.utils import Status
+
+    RUNNING = {Status.PROCESSING, Status.PROGRESS, Status.ITERATING}
 
     client = Client(server, verbose=False, download_files=str(tmp_path))
     assert {"/preview", "/generate", "/statistics"} <= set(
@@ -188,13 +194,25 @@ def test_client_preview_and_generate(server, media, tmp_path):
         message = str(info.value)
         assert expected in message.lower() and "Traceback" not in message, message
 
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):
+        client.predict(
+            handle_file(str(media["too_big"])), 0, 0, False, 10, "cpu", api_name="/preview"
+        )
+
+    # two generations at once on one device: the second waits in the queue until the first ends
     audio_a, audio_b = handle_file(str(media["a"])), handle_file(str(media["b"]))
-    out = client.predict(clip, audio_a, 0, False, 10, "cpu", api_name="/generate")
+    first_job = client.submit(clip, audio_a, 0, False, 10, "cpu", api_name="/generate")
+    while first_job.status().code not in RUNNING and not first_job.done():
+        time.sleep(0.05)
+    second_job = client.submit(clip, audio_b, 0, False, 10, "cpu", api_name="/generate")
+    while not first_job.done() and first_job.status().code != Status.FINISHED:
+        assert second_job.status().code not in RUNNING, "two generations ran at once"
+        time.sleep(0.05)
+    out, again = first_job.result(timeout=300), second_job.result(timeout=300)
     check_video(Path(out[0]), AUDIO_SECONDS[0])
     assert out[1]["result"]["num_frames"] == int(AUDIO_SECONDS[0] * 25)
     assert out[1]["config"]["infer_model"]["layout"] == "tiny"
     # another audio on the same video: the prepared avatar comes from the avatar cache
-    again = client.predict(clip, audio_b, 0, False, 10, "cpu", api_name="/generate")
     check_video(Path(again[0]), AUDIO_SECONDS[1])
     assert "reused from the avatar cache" in again[2], again[2]
     assert again[1]["config"]["avatar_cache"] == out[1]["config"]["avatar_cache"]
