@@ -44,6 +44,7 @@ from musetalk.inference.run import InferenceConfig, infer
 from musetalk.inference.weights import MissingWeightsError, export_files
 from musetalk.models import TINY_UNET, TINY_VAE, build_unet, export_unet
 from musetalk.video import VideoReader, VideoWriter
+from musetalk.video.writer import nvenc_problem, select_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -158,6 +159,7 @@ def test_end_to_end_released_layout(models_dir, audio_2s, shared_data, tmp_path,
     sidecar = json.loads((tmp_path / "out.mp4.json").read_text())
     assert sidecar["model"]["layout"] == "released" and sidecar["model"]["version"] == "v15"
     assert sidecar["extra_margin"] == 10 and sidecar["audio_positional_encoding"] is True
+    assert sidecar["result"]["encoder"] == result.encoder == select_encoder("auto")
 
 
 def test_released_layout_loads_the_files_given(models_dir, tmp_path):
@@ -473,6 +475,59 @@ def test_lower_face_mask_is_zero_on_the_border_and_upper_half():
     assert (out[y1 + 200 * (y2 - y1) // 256, (x1 + x2) // 2] == 7).all()
 
 
+def full_frame_blend(frame, crop, rect, mask) -> np.ndarray:
+    """The straightforward blend `paste` must equal: the crop and mask resized into the rect
+    on full-frame canvases, one weighted sum over the whole frame."""
+    import cv2
+
+    x1, y1, x2, y2 = (int(v) for v in rect)
+    size = (x2 - x1, y2 - y1)
+    patch = np.zeros_like(frame)
+    alpha = np.zeros(frame.shape[:2], np.uint8)
+    patch[y1:y2, x1:x2] = cv2.resize(crop, size, interpolation=cv2.INTER_LINEAR)
+    alpha[y1:y2, x1:x2] = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR)
+    weights = alpha.astype(np.float32) * (1.0 / 255.0)
+    return cv2.blendLinear(patch, frame, weights, 1.0 - weights)
+
+
+def test_paste_blends_only_inside_the_mask_box_with_the_full_frame_result():
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (360, 300, 3), dtype=np.uint8)
+    crop = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    area = np.zeros((256, 256), np.uint8)
+    area[100:, 30:200] = 1
+    masks = [
+        feather_mask(area),  # lower face, feathered
+        np.zeros((256, 256), np.uint8),  # nothing to paste
+        np.full((256, 256), 255, np.uint8),  # the whole crop, up to the rect's edges
+        (rng.random((256, 256)) < 0.01).astype(np.uint8) * 255,  # scattered pixels
+    ]
+    rects = [(0, 0, 300, 360), (17, 40, 201, 317), (120, 200, 299, 359), (5, 5, 9, 9)]
+    for mask in masks:
+        for rect in rects:
+            out = paste(frame, crop, rect, mask)
+            np.testing.assert_array_equal(out, full_frame_blend(frame, crop, rect, mask))
+    assert not np.shares_memory(paste(frame, crop, rects[1], masks[1]), frame)
+
+
+def test_generated_frames_are_the_full_frame_blend_of_the_model_crops(tiny_pipe, face_clip, speech):
+    avatar = tiny_pipe.prepare_avatar(face_clip)
+    audio = speech[2 * SR : 2 * SR + 10 * 640]  # 10 frames: a batch of 8, then 2
+    frames = tiny_pipe.generate(avatar, audio)
+    features = tiny_pipe.encode_audio(audio)
+    for b, count in ((0, 8), (8, 2)):
+        sources = [avatar.source_index(b + j) for j in range(count)]
+        tokens = tiny_pipe.audio_tokens(features, count, b, avatar.fps)
+        latents = torch.from_numpy(np.stack([avatar.latents[s] for s in sources]))
+        crops = tiny_pipe.decode_latents(tiny_pipe.predict_latents(latents, tokens))
+        for s, crop in zip(sources, crops, strict=True):
+            got = next(frames)
+            assert isinstance(got, np.ndarray) and got.shape == avatar.frames[s].shape
+            expected = full_frame_blend(avatar.frames[s], crop, avatar.rects[s], avatar.masks[s])
+            np.testing.assert_array_equal(got, expected)
+    assert next(frames, None) is None
+
+
 def _parsing_onnx(path: Path, winner: int, size: int = 512) -> Path:
     """A 1x1-conv 'face parser' of BiSeNet's signature whose logits make `winner` win."""
     import onnx
@@ -573,6 +628,20 @@ def test_unreadable_inputs_and_no_face(tiny_pipe, tmp_path, face_clip, audio_2s)
     with pytest.raises(NoFaceError, match="no face found in any of 3 frames"):
         tiny_pipe.prepare_avatar(clip)
 
+    nvenc = InferenceConfig(
+        video=str(face_clip),
+        audio=str(audio_2s),
+        output=str(tmp_path / "nvenc.mp4"),
+        infer_model={"layout": "tiny"},
+        encoder="h264_nvenc",
+        progress=False,
+    )
+    if nvenc_problem() is not None:  # refused before any work, not replaced by libx264
+        with pytest.raises(ConfigError, match="encoder=h264_nvenc: not usable here"):
+            infer(nvenc, pipeline=tiny_pipe)
+        assert not list(tmp_path.glob("*nvenc*"))
+    with pytest.raises(ConfigError, match="encoder"):
+        parse(InferenceConfig, {"video": "v", "audio": "a", "output": "o.mp4", "encoder": "x265"})
     with pytest.raises(ConfigError, match="bbox_shift='up'"):
         parse(InferenceConfig, {"video": "v", "audio": "a", "output": "o.mp4", "bbox_shift": "up"})
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):

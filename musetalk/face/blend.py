@@ -110,15 +110,21 @@ def paste(frame: np.ndarray, crop: np.ndarray, rect: Sequence[int], mask: np.nda
     w, h = x2 - x1, y2 - y1
     if w <= 0 or h <= 0 or x1 < 0 or y1 < 0 or x2 > frame.shape[1] or y2 > frame.shape[0]:
         raise ValueError(f"rect {tuple(rect)} is empty or outside the frame {frame.shape[:2]}")
-    patch = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
     alpha = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
-    out = frame.copy()
-    if not alpha.any():
+    out = frame.copy()  # the one full-frame copy; the blend below touches the mask's box only
+    rows = np.flatnonzero(alpha.any(axis=1))
+    if not rows.size:
         return out
-    weights = alpha.astype(np.float32) * (1.0 / 255.0)
-    dst = out[y1:y2, x1:x2]
-    # dst = (w * patch + (1 - w) * dst) / 1, rounded: where w == 0 the frame pixel is exact
-    dst[:] = cv2.blendLinear(patch, np.ascontiguousarray(dst), weights, 1.0 - weights)
+    cols = np.flatnonzero(alpha.any(axis=0))
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    patch = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)[r0:r1, c0:c1]
+    weights = alpha[r0:r1, c0:c1].astype(np.float32) * (1.0 / 255.0)
+    dst = out[y1 + r0 : y1 + r1, x1 + c0 : x1 + c1]
+    # dst = (w * patch + (1 - w) * dst) / 1, rounded: where w == 0 the frame pixel is exact, so
+    # blending only the box where the resized mask is non-zero gives the whole-rect result
+    dst[:] = cv2.blendLinear(
+        np.ascontiguousarray(patch), np.ascontiguousarray(dst), weights, 1.0 - weights
+    )
     return out
 
 

@@ -399,13 +399,25 @@ class MuseTalkPipeline(AvatarPreparation):
                 tokens = self.audio_tokens(features, count, b, avatar.fps)[active]
                 latents = torch.from_numpy(np.stack([avatar.latents[sources[j]] for j in active]))
                 crops = self.decode_latents(self.predict_latents(latents, tokens))
-            out = {}
             with self.timings("blend"):
-                for row, j in enumerate(active):
-                    s = sources[j]
-                    out[j] = paste(avatar.frames[s], crops[row], avatar.rects[s], avatar.masks[s])
-            for j, s in enumerate(sources):
-                yield out.get(j, avatar.frames[s])
+                frames = self.paste_crops(avatar, sources, crops)
+            yield from frames
+
+    def paste_crops(
+        self, avatar: Avatar, sources: list[int], crops: np.ndarray | None
+    ) -> list[np.ndarray]:
+        """Output frames of the avatar's source frames `sources`: (K, S, S, 3) uint8 generated
+        `crops`, one per source frame with a face in order, pasted through its blend mask; the
+        frames without a face are the avatar's own (read-only) arrays."""
+        out = []
+        row = 0
+        for s in sources:
+            if not avatar.has_face[s]:
+                out.append(avatar.frames[s])
+                continue
+            out.append(paste(avatar.frames[s], crops[row], avatar.rects[s], avatar.masks[s]))
+            row += 1
+        return out
 
     def __call__(
         self,

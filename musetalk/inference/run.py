@@ -29,6 +29,7 @@ from musetalk.inference.shift import parse_bbox_shift
 from musetalk.inference.weights import normalize_version
 from musetalk.timebase import FPS, SAMPLE_RATE
 from musetalk.video import is_image
+from musetalk.video.writer import select_encoder
 
 __all__ = [
     "BlendOptions",
@@ -85,9 +86,12 @@ class InferenceConfig:
     blend: `BlendOptions`. fps: frame rate for image inputs (videos are always resampled to 25
     fps). audio_positional_encoding: None = what the weights say (on for released weights).
     audio_seconds: use only the first this many seconds of the audio. avatar_cache: directory
-    to cache (and reuse) the prepared video in. prefetch: frames generated ahead of the encoder
-    in a background thread (the models run while the previous frames are encoded); None = 2 x
-    batch_size, 0 = one after the other.
+    to cache (and reuse) the prepared video in. encoder: H.264 encoder, "auto" (NVENC when a
+    CUDA device is present and PyAV's FFmpeg opens h264_nvenc, else libx264), "libx264" or
+    "h264_nvenc" (refused before any work when not usable). encode_queue: frames waiting for
+    the encoder, which runs in its own thread overlapped with generation; 0 = encode in the
+    generating thread. prefetch: frames generated ahead in a background thread; None = 0 when
+    the encoder has its own thread, else 2 x batch_size.
     """
 
     EXAMPLE: ClassVar[str] = "python infer.py video=face.mp4 audio=speech.wav output=out.mp4"
@@ -111,6 +115,8 @@ class InferenceConfig:
     audio_positional_encoding: bool | None = None
     audio_seconds: Annotated[float, Field(gt=0)] | None = None
     avatar_cache: str | None = None
+    encoder: Literal["auto", "libx264", "h264_nvenc"] = "auto"
+    encode_queue: Annotated[int, Field(ge=0)] = 8
     prefetch: Annotated[int, Field(ge=0)] | None = None
     progress: bool = True
 
@@ -129,6 +135,7 @@ class InferenceResult:
 
     frames_with_face: output frames that were generated (the others passed through).
     source_frames: frames of the prepared video. seconds: wall time of the whole run.
+    encoder: the H.264 encoder used (libx264 or h264_nvenc).
     """
 
     output: str
@@ -140,6 +147,7 @@ class InferenceResult:
     range_line: str
     seconds: float
     timings: dict[str, float]
+    encoder: str = "libx264"
 
 
 def build_pipeline(config: InferenceConfig) -> MuseTalkPipeline:
@@ -184,6 +192,10 @@ def infer(config: InferenceConfig, pipeline: MuseTalkPipeline | None = None) -> 
     needed = num_frames_for(len(audio), SAMPLE_RATE, fps)
     if needed == 0:
         raise InputError(f"{config.audio}: audio shorter than one frame ({1 / fps:.3f} s)")
+    try:
+        encoder = select_encoder(config.encoder)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     pipe = pipeline if pipeline is not None else build_pipeline(config)
     pipe.timings.reset()
     avatar = pipe.prepare_avatar(
@@ -201,8 +213,11 @@ def infer(config: InferenceConfig, pipeline: MuseTalkPipeline | None = None) -> 
     print(avatar.bbox_shift_reason, flush=True)
     if avatar.cache_status != "none":
         print(f"avatar cache {config.avatar_cache}: {avatar.cache_status}", flush=True)
-    prefetch = 2 * pipe.batch_size if config.prefetch is None else config.prefetch
-    written = _write_video(pipe, avatar, audio, output, fps, prefetch, config.progress)
+    prefetch = config.prefetch
+    if prefetch is None:
+        prefetch = 0 if config.encode_queue else 2 * pipe.batch_size
+    writer = {"encoder": encoder, "queue_size": config.encode_queue}
+    written = _write_video(pipe, avatar, audio, output, fps, prefetch, writer, config.progress)
     shown = [avatar.source_index(k) for k in range(written)]
     result = InferenceResult(
         output=str(output),
@@ -214,6 +229,7 @@ def infer(config: InferenceConfig, pipeline: MuseTalkPipeline | None = None) -> 
         range_line=avatar.range_line(),
         seconds=time.perf_counter() - start,
         timings=pipe.timings.as_dict(),
+        encoder=encoder,
     )
     _write_sidecar(config, pipe, avatar, result)
     stages = ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
@@ -250,9 +266,13 @@ def _write_video(
     output: Path,
     fps: float,
     prefetch: int,
+    writer_options: dict[str, Any],
     progress: bool,
 ) -> int:
-    """Generate and encode the frames with the audio into `output`; returns the frame count."""
+    """Generate and encode the frames with the audio into `output`; returns the frame count.
+
+    The "encode" stage time is what the generating thread spends handing frames to the writer
+    (all of the encoding when encode_queue=0, waiting for queue room otherwise)."""
     from tqdm import tqdm
 
     from musetalk.video import VideoWriter
@@ -261,7 +281,7 @@ def _write_video(
     written = 0
     with (
         tqdm(total=total, desc="frames", unit="frame", disable=not progress) as bar,
-        VideoWriter(output, fps=fps, audio=audio, sr=SAMPLE_RATE) as writer,
+        VideoWriter(output, fps=fps, audio=audio, sr=SAMPLE_RATE, **writer_options) as writer,
     ):
         for frame in pipe.generate(avatar, audio, prefetch=prefetch):
             with pipe.timings("encode"):
