@@ -106,7 +106,8 @@ def _drive(ray, todo, shards, config, output_id, bars) -> list[int]:
     def submit(i: int) -> Any:
         attempts[i] += 1
         progress = TaskProgress(actor, i, attempts[i])
-        return task.remote(i, shards[i], config, output_id, progress, attempts[i])
+        # a task holds one CPU of its node: one thread each for decoding and torch
+        return task.remote(i, shards[i], config, output_id, progress, attempts[i], threads=1)
 
     def drain() -> None:
         for shard, attempt, what, n in ray.get(actor.take.remote()):

@@ -9,6 +9,7 @@ never stop the shard.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -93,10 +94,13 @@ def run_shard(
     output_id: str,
     progress: Callable[[str, int], None] | None = None,
     attempt: int = 1,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Process one shard's sources into tar parts, then publish them and its stats json.
     attempt: which try of this shard this is (1 = first; executors that retry count up), recorded
-    in the shard json and the manifest."""
+    in the shard json and the manifest. threads: `limit_threads` first (None: as it is)."""
+    if threads is not None:
+        limit_threads(threads)
     started = time.time()
     out = Output(config.output, output_id)
     name = shard_name(index)
@@ -106,9 +110,7 @@ def run_shard(
     reports, regions = [], []  # per source: its report and its region statistics
     total_bytes = 0
 
-    def frame_progress(n: int) -> None:
-        if progress is not None:
-            progress("frames", n)
+    frame_progress = None if progress is None else functools.partial(progress, "frames")
 
     def close_part() -> None:
         nonlocal writer, total_bytes
