@@ -349,3 +349,35 @@ def test_statistics_from_shards_and_from_stats_json_alone(both_videos_shards, tm
     assert np.allclose(shares_full, shares_alone, atol=0.05)  # stats.json rounds to 4 digits
     with pytest.raises(InputNotFoundError):
         statistics(tmp_path / "missing")
+
+
+# -------------------------------------------------------------------------------------------
+# Housekeeping
+
+
+def test_old_outputs_and_avatars_are_deleted(tmp_path):
+    from musetalk.app.backend import AppBackend
+    from musetalk.app.settings import AppConfig
+    from musetalk.config import parse
+
+    config = parse(AppConfig, {"infer_model": {"layout": "tiny"}, "keep_outputs": 2})
+    backend = AppBackend(config, tmp_path)
+    for parent, count in ((backend.outputs, 4), (backend.avatars, config.keep_avatars + 1)):
+        for i in range(count):
+            entry = parent / f"entry-{i}"
+            entry.mkdir(parents=True)
+            (entry / "file").write_text("x")
+            os.utime(entry, (1_000_000 + i, 1_000_000 + i))
+    backend.prune()
+    assert sorted(p.name for p in backend.outputs.iterdir()) == ["entry-2", "entry-3"]
+    kept = sorted(p.name for p in backend.avatars.iterdir())
+    assert kept == [f"entry-{i}" for i in range(1, config.keep_avatars + 1)]
+
+
+def test_without_gradio_the_message_names_the_extra(monkeypatch):
+    from musetalk.app import require_gradio
+    from musetalk.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[app\]'"):
+        require_gradio()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -318,6 +319,7 @@ class AppBackend:
         config = parse(InferenceConfig, values)
         with self._device_locks[device]:
             result = infer(config, pipeline=pipe)
+        _touch(self.avatar_dir(tracked.digest))  # recently used: pruned last
         sidecar_path = output.with_name(output.name + ".json")
         sidecar = json.loads(sidecar_path.read_text())
         self.prune()
@@ -348,6 +350,11 @@ def avatar_status(result: InferenceResult) -> str:
     if "latents" in stages:
         return "faces from the preview, regions prepared (now in the avatar cache)"
     return "reused from the avatar cache"
+
+
+def _touch(directory: Path) -> None:
+    if directory.is_dir():
+        os.utime(directory)
 
 
 def _number(value: float | str | None) -> float:
