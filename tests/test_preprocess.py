@@ -533,14 +533,19 @@ def test_pipelined_frame_loop_gives_the_same_samples(zoo, monkeypatch, ahead):
 
 
 def test_worker_thread_budget():
-    """A pool worker's start-up (`limit_threads(cores // workers)`): OpenCV 1 thread, torch and
-    FFmpeg decoding the budget, in a fresh process like the workers."""
+    """A pool worker's start-up (`limit_threads(cores // workers)`), in a fresh process like the
+    workers: OpenCV 1 thread, FFmpeg decoding the budget, and no torch imported (it is only for
+    Whisper features; once imported it gets the budget too)."""
     code = (
-        "import cv2, torch\n"
-        "from musetalk.data.shard_task import limit_threads\n"
+        "import sys, cv2\n"
+        "from musetalk.data import preprocess\n"
+        "from musetalk.data.shard_task import _limit_torch_threads, limit_threads\n"
         "from musetalk.video import reader\n"
         "limit_threads(1)\n"
-        "print(cv2.getNumThreads(), torch.get_num_threads(), reader._decode_threads)\n"
+        "print('torch' in sys.modules, cv2.getNumThreads(), reader._decode_threads)\n"
+        "import torch\n"
+        "_limit_torch_threads()\n"
+        "print(torch.get_num_threads())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["1", "1", "1"]
+    assert out.stdout.split() == ["False", "1", "1", "1"]

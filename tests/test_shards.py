@@ -106,6 +106,24 @@ def test_round_trip_and_atomic_names(tmp_path):
         assert s.whisper.shape == (2 * n, 5, 384) and s.whisper.dtype == np.float16
 
 
+def test_tar_bytes_are_webdatasets(tmp_path):
+    """The writer lays tars out itself (no webdataset, hence no torch, in preprocessing
+    workers): byte for byte what webdataset's TarWriter writes for the same samples."""
+    wds = pytest.importorskip("webdataset")
+    rng = np.random.default_rng(1)
+    samples = [("vid-a_t0_000000", make_members("vid-a_t0_000000", 3, rng)[0])]
+    samples.append(("vid-b_t1_000250", make_members("vid-b_t1_000250", 2, rng)[0]))
+    with ShardWriter(Output(tmp_path, "t"), "00000.tar") as writer:
+        for key, members in samples:
+            writer.write(key, members)
+    expected = io.BytesIO()
+    tar = wds.TarWriter(expected, encoder=False, mtime=0)
+    for key, members in samples:
+        tar.write({"__key__": key, **members})
+    tar.close()
+    assert (tmp_path / "00000.tar").read_bytes() == expected.getvalue()
+
+
 def test_aborted_writer_leaves_nothing(tmp_path):
     out = Output(tmp_path, "t")
     with pytest.raises(RuntimeError), ShardWriter(out, "00001.tar") as writer:

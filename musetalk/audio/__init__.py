@@ -5,7 +5,11 @@ feature windows.
 so that importing this package stays light.
 """
 
-from musetalk.audio.io import (
+# The Whisper model used when none is named (an HF id); here, so that settings can name it
+# without importing torch (`musetalk.audio.whisper` re-exports it).
+DEFAULT_WHISPER = "openai/whisper-tiny"
+
+from musetalk.audio.io import (  # noqa: E402
     SAMPLE_RATE,
     AudioStream,
     audio_for_frames,
@@ -14,7 +18,7 @@ from musetalk.audio.io import (
     load_audio,
     write_wav,
 )
-from musetalk.audio.windows import (
+from musetalk.audio.windows import (  # noqa: E402
     add_positional_encoding,
     audio_windows,
     num_frames_for,
@@ -22,6 +26,7 @@ from musetalk.audio.windows import (
 )
 
 __all__ = [
+    "DEFAULT_WHISPER",
     "SAMPLE_RATE",
     "AudioStream",
     "add_positional_encoding",

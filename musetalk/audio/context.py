@@ -13,13 +13,15 @@ inference. `SampleContext` describes where a sample's context sits in its source
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from musetalk.audio.windows import STEPS_PER_SECOND, WINDOW_LEFT, WINDOW_STEPS, audio_windows
 from musetalk.timebase import FPS, SAMPLE_RATE
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "WINDOW_SAMPLES",

@@ -26,7 +26,7 @@ from musetalk.timebase import SAMPLE_RATE
 
 __all__ = ["DEFAULT_WHISPER", "WhisperEncoder", "check_whisper_dir", "local_model_dir"]
 
-DEFAULT_WHISPER = "openai/whisper-tiny"
+from musetalk.audio import DEFAULT_WHISPER  # noqa: E402  (defined there: no torch to name it)
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:

@@ -10,13 +10,16 @@ for whisper-tiny's L = 5 hidden states). This equals upstream MuseTalk's `get_wh
 from __future__ import annotations
 
 import math
+import sys
 from fractions import Fraction
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 
 from musetalk.timebase import FPS, SAMPLE_RATE
+
+if TYPE_CHECKING:  # torch is imported where it is used: preprocessing workers do without it
+    import torch
 
 __all__ = [
     "STEPS_PER_SECOND",
@@ -34,7 +37,7 @@ STEPS_PER_SECOND = 50  # Whisper encoder rate: mel hop 10 ms, then a stride-2 co
 WINDOW_LEFT = 4  # encoder steps before a frame's own first step
 WINDOW_STEPS = 10  # encoder steps per video frame
 
-Array = TypeVar("Array", np.ndarray, torch.Tensor)
+Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 
 
 def _fraction(x: float, name: str) -> Fraction:
@@ -99,7 +102,8 @@ def audio_windows(
     lo = max(0, -int(idx.min())) if num_frames else 0
     hi = max(0, int(idx.max()) + 1 - steps) if num_frames else 0
     flat = (idx + lo).reshape(-1)
-    if isinstance(features, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor means torch is imported
+    if torch is not None and isinstance(features, torch.Tensor):
         pad = features.new_zeros
         padded = torch.cat([pad(lo, layers, dim), features, pad(hi, layers, dim)])
         out = padded[torch.from_numpy(flat).to(features.device)]
@@ -119,6 +123,8 @@ def sinusoidal_encoding(num_positions: int, dim: int, base: float = 10000.0) -> 
         raise ValueError(f"expected an even dim > 0, got {dim}")
     if num_positions < 0:
         raise ValueError(f"expected num_positions >= 0, got {num_positions}")
+    import torch
+
     pos = torch.arange(num_positions, dtype=torch.float64)[:, None]
     angle = pos / base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
     pe = torch.empty(num_positions, dim, dtype=torch.float64)

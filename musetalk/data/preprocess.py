@@ -25,7 +25,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from musetalk.audio.whisper import local_model_dir
 from musetalk.data.output import CONFIG, MANIFEST, RECORD_FORMAT, STATS, TOOL, Output, claim
 from musetalk.data.settings import RUNTIME_ONLY, PreprocessConfig
 from musetalk.data.shard_task import limit_threads, run_shard
@@ -47,8 +46,10 @@ def preprocess(config: PreprocessConfig) -> dict[str, Any]:
     (also `stats.json`). Everything is checked before the first file is written."""
     started = time.time()
     check_face(config.face)
-    if config.audio.features == "whisper":
-        local_model_dir(config.audio.model)  # a local dir must hold the model (hub ids load later)
+    if config.audio.features == "whisper":  # a local dir must hold the model (hub ids load later)
+        from musetalk.audio.whisper import local_model_dir  # torch only when it is used
+
+        local_model_dir(config.audio.model)
     if config.executor.name == "ray" and importlib.util.find_spec("ray") is None:
         raise ConfigError("executor.name=ray needs Ray: pip install -e '.[ray]'")
     sources = list_sources(config.input)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from musetalk.audio.whisper import DEFAULT_WHISPER
+from musetalk.audio import DEFAULT_WHISPER
 from musetalk.config import Device, settings
 from musetalk.data.samples import SampleOptions
 from musetalk.face.tracking import TrackingOptions

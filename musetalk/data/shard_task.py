@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,19 +32,29 @@ __all__ = ["limit_threads", "run_shard"]
 _WORKER_CACHE: dict[str, Any] = {}
 
 
+_thread_budget: int | None = None  # set by limit_threads
+
+
 def limit_threads(threads: int) -> None:
     """Thread budget of a worker process that shares the cores with other workers, set at its
     start: `threads` (cores / workers) for FFmpeg decoding and torch (Whisper features), one for
     OpenCV (each worker already runs decoding, face analysis and crop encoding in threads of
     its own, see `SourceProcessor`). The output does not depend on these numbers."""
+    global _thread_budget
     import cv2
-    import torch
 
     from musetalk.video import set_decode_threads
 
     cv2.setNumThreads(1)
-    torch.set_num_threads(threads)
     set_decode_threads(threads)
+    _thread_budget = threads
+    _limit_torch_threads()
+
+
+def _limit_torch_threads() -> None:
+    torch = sys.modules.get("torch")  # imported only for Whisper features (see _worker_tools)
+    if torch is not None and _thread_budget is not None:
+        torch.set_num_threads(_thread_budget)
 
 
 def _worker_tools(config: PreprocessConfig):
@@ -69,6 +80,7 @@ def _worker_tools(config: PreprocessConfig):
         if config.audio.features == "whisper":
             from musetalk.audio.whisper import WhisperEncoder
 
+            _limit_torch_threads()
             encoder = WhisperEncoder(config.audio.model, device=config.device)
             features = encoder
             features_info = {

@@ -6,11 +6,10 @@ Works on local paths and fsspec URLs through `musetalk.data.output.Output`.
 from __future__ import annotations
 
 import io
-from typing import Any
+import tarfile
 
 import numpy as np
 import soundfile as sf
-import webdataset as wds
 
 from musetalk.data.output import Output
 from musetalk.data.schema import check_key
@@ -44,19 +43,26 @@ class ShardWriter:
         self.name = name
         self.tmp_name = output.temp_name(name)
         self._file = output.fs.open(output.path(self.tmp_name), "wb")
-        self._tar = wds.TarWriter(self._file, encoder=False, mtime=0)
+        # a plain streamed tar, laid out as webdataset's TarWriter does (members of a sample in
+        # sorted order, mode 0444, owner "bigdata", mtime 0): the same bytes, without importing
+        # webdataset (and torch with it) into every preprocessing worker
+        self._tar = tarfile.open(fileobj=self._file, mode="w|")  # noqa: SIM115 (close/abort)
         self.samples = 0
         self.bytes = 0
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
         """Write one sample: member suffix (e.g. "json", "000017.jpg") -> bytes."""
-        record: dict[str, Any] = {"__key__": check_key(key)}
+        check_key(key)
         for suffix, data in members.items():
             if not isinstance(data, bytes):
                 raise TypeError(f"member {key}.{suffix} must be bytes, got {type(data).__name__}")
-            record[suffix] = data
+        for suffix in sorted(members):
+            data = members[suffix]
+            info = tarfile.TarInfo(f"{key}.{suffix}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            info.uname = info.gname = "bigdata"
+            self._tar.addfile(info, io.BytesIO(data))
             self.bytes += len(data)
-        self._tar.write(record)
         self.samples += 1
 
     def close(self) -> str:
