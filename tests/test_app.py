@@ -245,9 +245,11 @@ def test_browser_preview_slider_and_generate(server, media, chromium, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1400})
             page.set_default_timeout(60_000)
+            sync_api.expect.set_options(timeout=60_000)  # its 5 s default: too short under load
             page.goto(server)
             page.get_by_text("MuseTalk lip-sync: choose bbox_shift").wait_for()
             assert page.locator("#tiny-note").get_by_text("random weights").is_visible()
+            assert page.get_by_text("infer_model=tiny infer_model.seed=0").is_visible()
             page.locator("#video input[type=file]").set_input_files(str(media["clip"]))
             page.locator("#audio input[type=file]").set_input_files(str(media["a"]))
             page.locator("#video").get_by_text(".mp4", exact=True).wait_for()  # uploaded

@@ -58,6 +58,20 @@ def devices(default: str) -> list[str]:
     return [default] + [d for d in found if d != default]
 
 
+def model_line(config: AppConfig) -> str:
+    """The model source as infer.py's settings say it."""
+    source = config.infer_model
+    if source.layout == "tiny":
+        return f"infer_model=tiny infer_model.seed={source.seed} (random weights)"
+    words = [f"infer_model={source.layout}", f"models_dir={config.models_dir}"]
+    if source.layout == "released":
+        words.append(f"version={config.version}")
+    words += [
+        f"infer_model.{k}={v}" for k, v in (("vae", source.vae), ("whisper", source.whisper)) if v
+    ]
+    return " ".join(words)
+
+
 @contextlib.contextmanager
 def readable() -> Iterator[None]:
     """Errors as one readable message in the page (gr.Error), never a traceback."""
@@ -83,6 +97,7 @@ def build_app(config: AppConfig, backend: AppBackend) -> Any:
     expire = config.cache_seconds
     with gr.Blocks(title="MuseTalk lip-sync", delete_cache=(max(60, expire // 4), expire)) as app:
         gr.Markdown("# MuseTalk lip-sync: choose bbox_shift, then generate")
+        gr.Markdown(f"Model: `{model_line(config)}`; devices: {', '.join(devices(config.device))}")
         if config.infer_model.layout == "tiny":
             gr.Markdown(TINY_NOTE, elem_id="tiny-note")
         with gr.Tab("Lip-sync"):
