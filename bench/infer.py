@@ -10,13 +10,24 @@ and two modes:
   Whisper, UNet, VAE decode, blend, H.264 + AAC encode);
 - avatar: the video prepared once beforehand (`prepare_avatar`, kept in memory as a server
   would), then per clip only Whisper, UNet, VAE decode, blend and encode;
-in both, stages run one after the other (prefetch=0; `infer.py` by default generates ahead of
-the encoder in a thread, which gave no measurable gain on this 2-core CPU), so the per-stage
-seconds add up to the end-to-end time;
-it reports seconds per stage, end-to-end frames/s and the overhead ratio
-(end to end - UNet - VAE decode) / end to end, for the fastest of `--*-repeats` runs (other jobs
-on a shared machine slow single runs down by up to 5x). Prints a table, writes
-bench/results/infer.json.
+in both the encoder runs in its own thread (`infer.py`'s default, encode_queue=8), overlapped
+with generation, so stage times no longer add up: the "encode" stage is only what the
+generating thread spends handing frames over. What is measured (fastest of `--*-repeats` runs;
+other jobs on a shared machine slow single runs down by up to 5x):
+- overhead ratio = (end-to-end wall - time the generating thread spends in the UNet and VAE
+  decode calls) / end-to-end wall: the share of the time the model is not running; on a GPU
+  the model calls are what must be kept busy. On a CPU the encoder thread competes with the
+  model for the cores, which slows the model calls down instead (counted as model time), so
+  avatar mode also reports
+- overhead vs model alone = (end-to-end wall - wall of the same model calls run alone, no
+  blend, no encode) / end-to-end wall: everything the output costs, contention included;
+- sequential: the same avatar run with the encoder in the generating thread (encode_queue=0,
+  the previous behaviour; stages add up);
+- CPU-side ms per output frame: the avatar run with the model excluded (fixed crops instead of
+  UNet + VAE decode output; Whisper, blend, encode as in the real run, encoder thread included),
+  wall time per frame, and the frame-rate ceiling 1000 / that: the rate the CPU side allows when
+  the model is fast (a GPU); also the process CPU time per frame, all threads.
+Prints a table, writes bench/results/infer.json (`tiny_avatar_overhead_ratio` at the top).
 
     .venv/bin/python bench/infer.py [--sizes tiny,full] [--tiny-frames 100] [--full-frames 16]
 """
@@ -32,6 +43,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 import torch
 
@@ -67,6 +79,7 @@ WHISPER_TINY_ENCODER = {
 }
 STAGES = ("decode", "faces", "crop", "latents", "masks", "audio", "unet", "vae_decode", "blend")
 STAGES += ("encode",)
+ENCODE_QUEUE = 8  # InferenceConfig's default
 
 
 def build(size: str, batch_size: int) -> MuseTalkPipeline:
@@ -111,33 +124,88 @@ def normal_mode(pipe: MuseTalkPipeline, video: Path, audio: Path, repeats: int, 
     return out
 
 
+def avatar_run(pipe: MuseTalkPipeline, avatar, audio: Path, out: Path, queue_size: int):
+    """(wall s, frames, stage seconds, process CPU s) of one avatar clip: generate + encode."""
+    pipe.timings.reset()
+    cpu, start = time.process_time(), time.perf_counter()
+    samples = load_audio(audio)
+    count = 0
+    with VideoWriter(out, fps=avatar.fps, audio=samples, queue_size=queue_size) as writer:
+        for frame in pipe.generate(avatar, samples):
+            with pipe.timings("encode"):
+                writer.write(frame)
+            count += 1
+    return time.perf_counter() - start, count, pipe.timings.as_dict(), time.process_time() - cpu
+
+
+def model_alone(pipe: MuseTalkPipeline, avatar, audio: Path) -> float:
+    """Wall seconds of the clip's UNet + VAE decode calls alone (inputs made beforehand)."""
+    samples = load_audio(audio)
+    n = pipe.check_inputs(avatar, samples)
+    features = pipe.encode_audio(samples)
+    batches = []
+    for b in range(0, n, pipe.batch_size):
+        sources = [avatar.source_index(b + j) for j in range(min(pipe.batch_size, n - b))]
+        faces = [j for j, s in enumerate(sources) if avatar.has_face[s]]
+        tokens = pipe.audio_tokens(features, len(sources), b, avatar.fps)[faces]
+        latents = torch.from_numpy(np.stack([avatar.latents[sources[j]] for j in faces]))
+        batches.append((latents, tokens))
+    start = time.perf_counter()
+    for latents, tokens in batches:
+        pipe.decode_latents(pipe.predict_latents(latents, tokens))
+    return time.perf_counter() - start
+
+
+def cpu_side(pipe: MuseTalkPipeline, avatar, audio: Path, out: Path, crops: np.ndarray):
+    """(wall s, process CPU s, frames) of the avatar clip with the model excluded: Whisper,
+    token windows, blend of fixed `crops` and the threaded encoder, as in `avatar_run`."""
+    cpu, start = time.process_time(), time.perf_counter()
+    samples = load_audio(audio)
+    n = pipe.check_inputs(avatar, samples)
+    features = pipe.encode_audio(samples)
+    with VideoWriter(out, fps=avatar.fps, audio=samples, queue_size=ENCODE_QUEUE) as writer:
+        for b in range(0, n, pipe.batch_size):
+            sources = [avatar.source_index(b + j) for j in range(min(pipe.batch_size, n - b))]
+            faces = [j for j, s in enumerate(sources) if avatar.has_face[s]]
+            pipe.audio_tokens(features, len(sources), b, avatar.fps)
+            for frame in pipe.paste_crops(avatar, sources, crops[: len(faces)]):
+                writer.write(frame)
+    return time.perf_counter() - start, time.process_time() - cpu, n
+
+
 def avatar_mode(
     pipe: MuseTalkPipeline, video: Path, audio: Path, frames: int, repeats: int, tmp: Path
 ) -> dict:
     """Prepare (untimed) the clip's first `frames` frames into a cache, time loading it back,
-    then time generation + encoding from the in-memory avatar, `repeats` times (the fastest
-    run is reported)."""
+    then, `repeats` times in turn: the avatar run (threaded encoder), the same run encoding in
+    the generating thread, the model calls alone and the CPU side alone (fastest reported)."""
     cache = tmp / f"avatar-{frames}"
     avatar = pipe.prepare_avatar(video, max_frames=frames, cache_dir=cache)
     start = time.perf_counter()
     cached = pipe.prepare_avatar(video, max_frames=frames, cache_dir=cache)
     load_seconds = time.perf_counter() - start
     assert cached.cache_status == "loaded"
-    runs = []
+    crops = np.random.default_rng(0).integers(0, 256, (pipe.batch_size, 256, 256, 3), np.uint8)
+    runs, sequential, alone, side = [], [], [], []
     for _ in range(repeats):
-        pipe.timings.reset()
-        start = time.perf_counter()
-        samples = load_audio(audio)
-        count = 0
-        with VideoWriter(tmp / "avatar.mp4", fps=avatar.fps, audio=samples) as writer:
-            for frame in pipe.generate(avatar, samples):
-                with pipe.timings("encode"):
-                    writer.write(frame)
-                count += 1
-        runs.append((time.perf_counter() - start, count, pipe.timings.as_dict()))
+        runs.append(avatar_run(pipe, avatar, audio, tmp / "avatar.mp4", ENCODE_QUEUE))
+        sequential.append(avatar_run(pipe, avatar, audio, tmp / "sequential.mp4", 0))
+        alone.append(model_alone(pipe, avatar, audio))
+        side.append(cpu_side(pipe, avatar, audio, tmp / "cpu_side.mp4", crops))
     best = min(runs, key=lambda r: r[0])
-    out = summarise(*best)
+    out = summarise(*best[:3])
     out["all_seconds"] = [round(r[0], 3) for r in runs]
+    out["cpu_seconds"] = round(best[3], 3)
+    alone_s = min(alone)
+    out["model_alone_seconds"] = round(alone_s, 3)
+    out["overhead_vs_model_alone"] = round((best[0] - alone_s) / best[0], 4)
+    seq = min(sequential, key=lambda r: r[0])
+    out["sequential"] = summarise(*seq[:3])
+    out["sequential"]["all_seconds"] = [round(r[0], 3) for r in sequential]
+    wall, cpu, n = min(side)
+    out["cpu_side_ms_per_frame"] = round(1000 * wall / n, 2)
+    out["cpu_side_cpu_ms_per_frame"] = round(1000 * cpu / n, 2)
+    out["fps_ceiling"] = round(n / wall, 1)
     out["cache_load_seconds"] = round(load_seconds, 3)
     out["source_frames"] = len(avatar)
     return out
@@ -180,6 +248,18 @@ def table(results: dict) -> str:
         rows.append([stage] + [f"{c['stage_ms_per_frame'][stage]:.1f}" for c in columns])
     rows.append(["end to end frames/s"] + [f"{c['fps']:.2f}" for c in columns])
     rows.append(["overhead ratio"] + [f"{100 * c['overhead_ratio']:.1f}%" for c in columns])
+
+    def avatar_only(name: str, value) -> None:
+        rows.append([name] + [value(c) if "sequential" in c else "-" for c in columns])
+
+    avatar_only("overhead vs model alone", lambda c: f"{100 * c['overhead_vs_model_alone']:.1f}%")
+    avatar_only("sequential encode frames/s", lambda c: f"{c['sequential']['fps']:.2f}")
+    avatar_only(
+        "sequential overhead ratio", lambda c: f"{100 * c['sequential']['overhead_ratio']:.1f}%"
+    )
+    avatar_only("CPU-side ms/frame (no model)", lambda c: f"{c['cpu_side_ms_per_frame']:.1f}")
+    avatar_only("CPU-side CPU ms/frame", lambda c: f"{c['cpu_side_cpu_ms_per_frame']:.1f}")
+    avatar_only("frame-rate ceiling (no model)", lambda c: f"{c['fps_ceiling']:.1f}")
     rows.append(["frames"] + [str(c["frames"]) for c in columns])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [
@@ -225,6 +305,9 @@ def main() -> None:
     results = {k: results[k] for k in ("tiny", "full") if k in results}
     report = {
         "date": date.today().isoformat(),
+        "tiny_avatar_overhead_ratio": results.get("tiny", {})
+        .get("avatar", {})
+        .get("overhead_ratio"),
         "machine": {
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
@@ -234,7 +317,19 @@ def main() -> None:
         },
         "video": args.video.name,
         "device": "cpu",
-        "overhead_ratio": "(end to end - unet - vae_decode) / end to end",
+        "encode_queue": ENCODE_QUEUE,
+        "overhead_ratio": (
+            "(end-to-end wall - seconds the generating thread spent in the unet and vae_decode "
+            "calls) / end-to-end wall; the encoder runs in its own thread"
+        ),
+        "overhead_vs_model_alone": (
+            "(end-to-end wall - wall of the same unet + vae_decode calls run alone) / "
+            "end-to-end wall"
+        ),
+        "cpu_side_ms_per_frame": (
+            "wall ms per output frame of the avatar run with the model excluded (fixed crops); "
+            "fps_ceiling = 1000 / it"
+        ),
         "results": results,
     }
     print(table(results))
