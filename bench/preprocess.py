@@ -3,6 +3,8 @@
 Measures, in one run on the same file:
 - decode only (PyAV -> RGB at 25 fps, FFmpeg threads as the one-worker pipeline uses them, i.e.
   FFmpeg's choice): the physical limit of this machine;
+- the frame loop of one source alone (decode, faces, crops; no shards), in one thread and
+  pipelined (decoding ahead and crop encoding behind in threads), to show what the threads give;
 - the real preprocessing pipeline, one worker (frames/s wall and per CPU-second), with its
   per-stage times: decode (waiting for the decode-ahead thread), faces (the tracker: key-frame
   detection + fit `analyze`, crop checks `detect`, landmark following `landmarks`, and its own
@@ -31,8 +33,9 @@ from datetime import date
 from pathlib import Path
 
 from musetalk.data import preprocess as P
-from musetalk.data.samples import SampleOptions
+from musetalk.data.samples import SampleOptions, SourceProcessor
 from musetalk.data.shard_task import _worker_tools
+from musetalk.data.sources import Source
 from musetalk.video import VideoReader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +47,18 @@ def decode_only(video: Path) -> dict:
     n = sum(1 for _ in VideoReader(video).frames())
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {"frames": n, "seconds": wall, "fps": n / wall, "fps_per_cpu_second": n / cpu}
+
+
+def frame_loop(video: Path, pipelined: bool) -> float:
+    """Frames/s of one source's frame loop alone (`SourceProcessor`, no shard writing), in one
+    thread (pipelined=False) or with decoding and crop encoding in their threads."""
+    tracker, face_info, *_ = _worker_tools(P.PreprocessConfig(input="-", output="-"))
+    processor = SourceProcessor(Source(str(video)), tracker, SampleOptions(), face_info)
+    processor.pipelined = pipelined
+    wall = time.perf_counter()
+    for _ in processor.samples():
+        pass
+    return processor.report.frames_decoded / (time.perf_counter() - wall)
 
 
 def timed_analyzer_methods(stages: Counter) -> None:
@@ -122,6 +137,9 @@ def main() -> None:
     stages: Counter = Counter()
     timed_analyzer_methods(stages)  # builds the worker tools first, as a warm worker has them
     decode = decode_only(args.video)
+    loops = {"sequential_fps": frame_loop(args.video, False)}
+    loops["pipelined_fps"] = frame_loop(args.video, True)
+    stages.clear()  # the stage times below are the one-worker pipeline's
     with tempfile.TemporaryDirectory() as tmp:
         cpu0 = time.process_time()
         one = pipeline(args.video, 1, 1, Path(tmp), stages)
@@ -141,6 +159,7 @@ def main() -> None:
         },
         "video": str(args.video.name),
         "decode_only": decode,
+        "frame_loop_1_source": loops,
         "pipeline_1_worker": one,
         "pipeline_all_workers": many,
         "ratio_end_to_end_vs_decode": one["fps"] / decode["fps"],
@@ -161,6 +180,8 @@ def main() -> None:
     print(f"{'measure':<52}{'value':>12}")
     rows = [
         ("decode only, frames/s (RGB, 25 fps)", f"{decode['fps']:.1f}"),
+        ("frame loop alone, one thread, frames/s", f"{loops['sequential_fps']:.1f}"),
+        ("frame loop alone, pipelined (threads), frames/s", f"{loops['pipelined_fps']:.1f}"),
         ("end to end, 1 worker, frames/s", f"{one['fps']:.1f}"),
         ("end to end, 1 worker, frames per CPU-second", f"{one['fps_per_cpu_second']:.1f}"),
         ("ratio end to end / decode only", f"{result['ratio_end_to_end_vs_decode']:.2f}"),
