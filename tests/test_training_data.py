@@ -513,3 +513,22 @@ def test_min_face_size_leaves_out_narrow_faces(shards: Path) -> None:
     narrow = ClipOptions(crop_size=64, clips_per_sample=1, min_face_size=width + 1)
     assert len(make_clips(sample, rng, wide)) == 1
     assert make_clips(sample, rng, narrow) == []
+
+
+def test_collate_images_match_the_plain_conversion() -> None:
+    """collate's table lookup gives the float32 values of the plain conversion (permute, float,
+    / 127.5 - 1) for every byte value, in the batch layout (B, F, 3, S, S)."""
+    from musetalk.training.clips import collate
+
+    rng = np.random.default_rng(0)
+    items = []
+    for k in range(3):
+        image = rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
+        image.reshape(-1)[:256] = np.arange(256)  # every value
+        items.append({"key": f"k{k}", "target": image, "reference": image[::-1].copy()})
+    batch = collate(items)
+    for name in ("target", "reference"):
+        plain = torch.from_numpy(np.stack([item[name] for item in items])).permute(0, 1, 4, 2, 3)
+        expected = plain.to(torch.float32).div_(127.5).sub_(1.0)
+        assert batch[name].dtype == torch.float32 and batch[name].shape == (3, 2, 3, 24, 24)
+        assert torch.equal(batch[name], expected)

@@ -49,6 +49,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -276,6 +277,21 @@ def make_clips(
     return clips
 
 
+#: uint8 -> [-1, 1]: the float32 values of `x / 127.5 - 1` computed by torch (one table lookup
+#: per pixel instead of a conversion and two passes; tests compare them).
+_TO_UNIT = torch.arange(256, dtype=torch.float32).div_(127.5).sub_(1.0).numpy()
+
+
+def _images(items: Sequence[dict[str, Any]], name: str) -> torch.Tensor:
+    """(B, F, 3, S, S) float32 in [-1, 1] of the items' (F, S, S, 3) uint8 images."""
+    first = items[0][name]
+    planar = np.empty((len(items), first.shape[0], 3, *first.shape[1:3]), np.uint8)
+    for b, item in enumerate(items):
+        planar[b] = item[name].transpose(0, 3, 1, 2)
+    values = cv2.LUT(planar.reshape(-1, planar.shape[-1]), _TO_UNIT)
+    return torch.from_numpy(values.reshape(planar.shape))
+
+
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack numpy clip items into the batch contract (torch tensors, images in [-1, 1])."""
     batch: dict[str, Any] = {"key": [item["key"] for item in items]}
@@ -290,12 +306,10 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 wav[b, : len(item[name])] = item[name]
             batch[name] = torch.from_numpy(wav)
             continue
-        tensor = torch.from_numpy(np.stack([item[name] for item in items]))
         if name in IMAGE_FIELDS:
-            chw = tensor.permute(0, 1, 4, 2, 3)  # (B, F, S, S, 3) -> (B, F, 3, S, S)
-            tensor = torch.empty(chw.shape, dtype=torch.float32).copy_(chw)
-            tensor.div_(127.5).sub_(1.0)
-        batch[name] = tensor
+            batch[name] = _images(items, name)
+            continue
+        batch[name] = torch.from_numpy(np.stack([item[name] for item in items]))
     return batch
 
 
