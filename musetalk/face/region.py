@@ -20,9 +20,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
-
-from musetalk.face.resample import lanczos_crop
 
 #: Version of this math. Written into every shard; readers refuse versions they do not know.
 REGION_VERSION = 1
@@ -328,7 +327,7 @@ def crop(frame: np.ndarray, box: object, size: int = 256) -> np.ndarray:
     if frame.ndim != 3:
         raise ValueError(f"frame must be (H, W, C), got shape {frame.shape}")
     x1, y1, x2, y2 = pixel_rect(box, frame.shape[:2])
-    return lanczos_crop(frame, (x1, y1, x2, y2), size)  # = cv2.resize(..., INTER_LANCZOS4)
+    return cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LANCZOS4)
 
 
 def context_rect(
