@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
+from machine import run_header
 
 from musetalk.app.backend import AppBackend
 from musetalk.app.settings import AppConfig
@@ -70,14 +69,7 @@ def main() -> None:
         for name in args.videos.split(","):
             results[name] = measure(DATA / name, args.redraws, Path(tmp) / name)
     report = {
-        "date": date.today().isoformat(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "load_average_start": [round(x, 2) for x in load_start],
-        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        **run_header(load_start),
         "face_backend": "dlib",
         "redraws": args.redraws,
         "results": results,

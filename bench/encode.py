@@ -15,13 +15,12 @@ import argparse
 import inspect
 import json
 import os
-import platform
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
+from machine import run_header
 
 from musetalk.video import VideoReader, VideoWriter
 
@@ -76,14 +75,7 @@ def main() -> None:
             )
     h, w = frames[0].shape[:2]
     report = {
-        "date": date.today().isoformat(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "load_average_start": [round(x, 2) for x in load_start],
-        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        **run_header(load_start),
         "video": f"talking_demo1.mp4, first {len(frames)} frames, {w}x{h}",
         "crf": DEFAULT_CRF,
         "default_preset": DEFAULT_PRESET,
