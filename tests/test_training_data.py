@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import subprocess
+import sys
 import tarfile
 from collections import OrderedDict
 from pathlib import Path
@@ -405,6 +407,27 @@ def test_restored_state_continues_the_stream(uneven_shards: Path, workers: int) 
         ):
             assert keys == ref_keys
             assert torch.equal(index, ref_index) and torch.equal(target, ref_target)
+
+
+def test_workers_start_after_opencv_threads_ran_in_the_main_process(uneven_shards: Path) -> None:
+    # A validation pass (or any OpenCV call) in the main process starts OpenCV's thread pool;
+    # workers forked after it used to hang forever in cv2.setNumThreads. A subprocess, as the
+    # failure is a hang.
+    script = f"""
+import cv2, numpy as np
+from musetalk.training.data import TalkingFaceDataModule
+cv2.setNumThreads(2)
+image = np.zeros((1080, 1920, 3), np.uint8)
+for _ in range(3):
+    cv2.resize(image, (2500, 2500), interpolation=cv2.INTER_LANCZOS4)
+dm = TalkingFaceDataModule({str(uneven_shards)!r}, batch_size=2, batches_per_epoch=2, num_workers=2)
+print(len(list(dm.train_loader())), "batches")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("2 batches")
 
 
 def test_two_workers_and_lightning_fit(uneven_shards: Path) -> None:

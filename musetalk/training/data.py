@@ -155,6 +155,12 @@ class _EpochLoader(DataLoader):
     def __iter__(self) -> Any:
         self.epoch, self.batches = self._next
         self._next = (self.epoch + 1, 0)
+        if self.num_workers > 0:
+            # OpenCV's thread pool must not be running when the workers fork: a forked worker
+            # that reconfigures it (cv2.setNumThreads in ShardClips) waits forever for threads
+            # that exist only in this process (e.g. after a validation pass cropped here). One
+            # OpenCV thread in the main process from now on; its OpenCV work is small.
+            cv2.setNumThreads(1)
         iterator = super().__iter__()
         if self.num_workers > 0 and not self.persistent_workers:
             self.dataset.epoch, self.dataset.skip = self._next
