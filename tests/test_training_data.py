@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -423,11 +425,21 @@ for _ in range(3):
 dm = TalkingFaceDataModule({str(uneven_shards)!r}, batch_size=2, batches_per_epoch=2, num_workers=2)
 print(len(list(dm.train_loader())), "batches")
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its loader workers too can be killed if it hangs
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().endswith("2 batches")
+    try:
+        out, err = child.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        pytest.fail("the loader's workers hung after OpenCV threads ran in the main process")
+    assert child.returncode == 0, err[-2000:]
+    assert out.strip().endswith("2 batches")
 
 
 def test_two_workers_and_lightning_fit(uneven_shards: Path) -> None:
