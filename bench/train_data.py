@@ -9,6 +9,10 @@ process (num_workers 0 counts the main process as one). Next to it: what one GPU
 an ASSUMED step rate (not measured here: no GPU). Prints a table, writes
 bench/results/train_data.json.
 
+The loader's batches carry uint8 crops and unpadded context audio; `finish_batch` (float32
+images, whole 30 s windows) runs on the training device and is not counted in clips/s (its CPU
+time per batch is printed beside, with the megabytes a batch carries from the workers).
+
 The JPEG ceiling, measured in the same run for each setting and worker count: the same shards
 read by the same webdataset stages in the same number of DataLoader workers, but per sample only
 the JPEG members its clips need are decoded (each once, as the loader's per-sample cache does:
@@ -39,6 +43,7 @@ import webdataset as wds
 from musetalk.data import preprocess as P
 from musetalk.data.reader import decode_image, raw_samples, resolve_shards
 from musetalk.data.schema import frame_member
+from musetalk.training.clips import finish_batch
 from musetalk.training.data import TalkingFaceDataModule
 from musetalk.training.reference import select_references
 
@@ -93,11 +98,19 @@ def measure(shards: Path, setting: str, workers: int, batches: int) -> dict:
     next(it)
     first = time.perf_counter() - start
     start, cpu = time.perf_counter(), time.process_time()
-    count = sum(1 for _ in it)
+    count, batch = 0, None
+    for item in it:
+        count, batch = count + 1, item
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu
     clips = count * kwargs["batch_size"]
     rate = clips / wall
+    # what a batch carries from the workers, and its finishing (on the GPU in training; timed
+    # here on the CPU, not included in clips/s)
+    nbytes = sum(v.nbytes for v in batch.values() if isinstance(v, torch.Tensor))
+    finish = time.perf_counter()
+    finish_batch(batch)
+    finish = time.perf_counter() - finish
     return {
         "setting": setting,
         "num_workers": workers,
@@ -110,6 +123,8 @@ def measure(shards: Path, setting: str, workers: int, batches: int) -> dict:
         "clips_per_s_per_worker": rate / max(1, workers),
         "frames_per_s": rate * kwargs["frames_per_sample"],
         "main_process_cpu_seconds": cpu,
+        "mb_per_batch_from_loader": nbytes / 1e6,
+        "finish_batch_ms_on_cpu": 1000 * finish,
     }
 
 
@@ -277,7 +292,7 @@ def main() -> None:
     print(f"\ntraining data benchmark: {args.video.name}, {result['date']}, {os.cpu_count()} cores")
     header = (
         f"{'setting':<8}{'workers':>8}{'clips/s':>10}{'per worker':>12}{'frames/s':>10}"
-        f"{'1st batch s':>13}{'workers/GPU*':>14}{'JPEG ceiling':>14}{'ratio':>7}"
+        f"{'1st batch s':>13}{'workers/GPU*':>14}{'JPEG ceiling':>14}{'ratio':>7}{'MB/batch':>10}"
     )
     print(header)
     for r in rows:
@@ -286,6 +301,7 @@ def main() -> None:
             f"{r['clips_per_s_per_worker']:>12.1f}{r['frames_per_s']:>10.1f}"
             f"{r['first_batch_seconds']:>13.2f}{r['workers_per_gpu_needed']:>14.2f}"
             f"{r['jpeg_ceiling_clips_per_s']:>14.1f}{r['ratio_vs_jpeg_ceiling']:>7.2f}"
+            f"{r['mb_per_batch_from_loader']:>10.1f}"
         )
     for s, g in gpu.items():
         print(
@@ -295,6 +311,12 @@ def main() -> None:
     print(
         "JPEG ceiling: the same shards and workers decoding only the JPEG members the clips "
         "need; ratio = clips/s / ceiling clips/s"
+    )
+    finish = {r["setting"]: r["finish_batch_ms_on_cpu"] for r in rows}
+    print(
+        "MB/batch: what a batch carries from the workers (uint8 crops, unpadded audio); "
+        "finish_batch (on the GPU in training), timed here on the CPU: "
+        + ", ".join(f"{s} {ms:.1f} ms/batch" for s, ms in finish.items())
     )
     print(f"load average: start {load}, end {result['machine']['load_average_at_end']}")
     if tiny_step is not None:

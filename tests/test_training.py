@@ -45,6 +45,7 @@ from musetalk.losses import (
 )
 from musetalk.models import MUSETALK_UNET, TINY_UNET, build_unet, export_unet, load_unet
 from musetalk.training.callbacks import image_grid
+from musetalk.training.clips import finish_batch
 from musetalk.training.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -590,7 +591,7 @@ def test_validation_lmd_fits_landmarks_on_both_crops(shards: Path, tmp_path: Pat
     """val/lmd: 0 for a prediction equal to the target, > 0 when the mouth moved (the lower
     half of the crop shifted down by 6 px)."""
     cfg = tiny_cfg(shards, tmp_path, "data.crop_size=128")
-    batch = next(iter(instantiate(cfg.data).train_loader()))
+    batch = finish_batch(next(iter(instantiate(cfg.data).train_loader())))
     module = instantiate(cfg.module)
     target = batch["target"].flatten(0, 1)
     assert module._lmd(target, target) == 0.0

@@ -26,7 +26,7 @@ from musetalk.audio.windows import audio_windows
 from musetalk.data.reader import decode_meta, iter_samples, resolve_shards
 from musetalk.data.schema import ShardError
 from musetalk.face import region
-from musetalk.training.clips import context_audio_windows
+from musetalk.training.clips import context_audio_windows, finish_batch
 from musetalk.training.crops import context_box
 from musetalk.training.data import TalkingFaceDataModule
 from musetalk.training.reference import (
@@ -94,7 +94,8 @@ def datamodule(shards: Path | str, **kwargs) -> TalkingFaceDataModule:
 
 
 def batches(dm: TalkingFaceDataModule, rank: int = 0) -> list[dict]:
-    return list(dm.train_loader(rank))
+    """The loader's batches, finished as the module finishes them (the batch contract)."""
+    return [finish_batch(b) for b in dm.train_loader(rank)]
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -456,7 +457,7 @@ def test_two_workers_and_lightning_fit(uneven_shards: Path) -> None:
 
         def training_step(self, batch: dict, index: int) -> torch.Tensor:
             self.steps.append(self.current_epoch)
-            return self.weight * batch["target"].mean()
+            return self.weight * batch["target"].float().mean()
 
         def validation_step(self, batch: dict, index: int) -> None:
             self.val_batches += 1
@@ -550,9 +551,11 @@ def test_min_face_size_leaves_out_narrow_faces(shards: Path) -> None:
     assert make_clips(sample, rng, narrow) == []
 
 
-def test_collate_images_match_the_plain_conversion() -> None:
-    """collate's table lookup gives the float32 values of the plain conversion (permute, float,
-    / 127.5 - 1) for every byte value, in the batch layout (B, F, 3, S, S)."""
+def test_collate_ships_uint8_and_finish_batch_gives_the_contract() -> None:
+    """collate keeps the crops' bytes (uint8, batch layout (B, F, 3, S, S)) and pads the context
+    audio to the batch's longest only; finish_batch then gives x / 127.5 - 1 in float32 for
+    every byte value (the values the loader used to make in its workers: a table computed by
+    torch in float32) and whole 30 s windows, and leaves a finished batch as it is."""
     from musetalk.training.clips import collate
 
     rng = np.random.default_rng(0)
@@ -560,10 +563,23 @@ def test_collate_images_match_the_plain_conversion() -> None:
     for k in range(3):
         image = rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
         image.reshape(-1)[:256] = np.arange(256)  # every value
-        items.append({"key": f"k{k}", "target": image, "reference": image[::-1].copy()})
-    batch = collate(items)
+        wav = rng.standard_normal(1000 + 700 * k).astype(np.float32)
+        items.append(
+            {"key": f"k{k}", "target": image, "reference": image[::-1].copy(), "audio_wav": wav}
+        )
+    raw = collate(items)
+    assert raw["audio_wav"].shape == (3, 2400)
+    done = finish_batch(raw)
+    table = torch.arange(256, dtype=torch.float32).div_(127.5).sub_(1.0)
     for name in ("target", "reference"):
         plain = torch.from_numpy(np.stack([item[name] for item in items])).permute(0, 1, 4, 2, 3)
-        expected = plain.to(torch.float32).div_(127.5).sub_(1.0)
-        assert batch[name].dtype == torch.float32 and batch[name].shape == (3, 2, 3, 24, 24)
-        assert torch.equal(batch[name], expected)
+        assert raw[name].dtype == torch.uint8 and torch.equal(raw[name], plain)
+        assert done[name].dtype == torch.float32 and done[name].shape == (3, 2, 3, 24, 24)
+        assert torch.equal(done[name], table[plain.long()])
+    assert done["audio_wav"].shape == (3, 480000)
+    for b, item in enumerate(items):
+        n = len(item["audio_wav"])
+        assert torch.equal(done["audio_wav"][b, :n], torch.from_numpy(item["audio_wav"]))
+        assert not done["audio_wav"][b, n:].any()
+    again = finish_batch(done)
+    assert all(again[k] is done[k] for k in ("target", "reference", "audio_wav"))

@@ -322,12 +322,22 @@ def crop(frame: np.ndarray, box: object, size: int = 256) -> np.ndarray:
     """The box's region of the frame resized to (size, size) with Lanczos (aspect not kept).
 
     frame: (H, W, C) uint8; returns (size, size, C) of the same dtype.
+
+    OpenCV's Lanczos-4, computed in float32 and rounded to uint8 once at the end: OpenCV's
+    float32 path is vectorised, its 8-bit one is not, so this is ~2x faster (0.8 vs 1.6 ms for
+    a ~190 px region upscaled to 256 px). It is within 1 level of the 8-bit path (which
+    MuseTalk calls), on ~4% of the pixels (tests/test_region.py); the training crops already
+    come from JPEGs, several levels away from the frame.
     """
     frame = np.asarray(frame)
     if frame.ndim != 3:
         raise ValueError(f"frame must be (H, W, C), got shape {frame.shape}")
     x1, y1, x2, y2 = pixel_rect(box, frame.shape[:2])
-    return cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LANCZOS4)
+    pixels = frame[y1:y2, x1:x2]
+    if pixels.dtype != np.uint8:
+        return cv2.resize(pixels, (size, size), interpolation=cv2.INTER_LANCZOS4)
+    resized = cv2.resize(pixels.astype(np.float32), (size, size), interpolation=cv2.INTER_LANCZOS4)
+    return cv2.add(resized, 0.0, dtype=cv2.CV_8U)  # rounded half to even, saturated to 0..255
 
 
 def context_rect(

@@ -7,8 +7,10 @@ key                   shape, dtype            meaning
 ====================  ======================  ===================================================
 ``key``               list[str] (B)           sample keys
 ``target``            (B, F, 3, S, S) f32     training crops of frames t0 .. t0 + F - 1, in [-1, 1]
+                                              (uint8 0..255 until `finish_batch`, see below)
 ``reference``         (B, F, 3, S, S) f32     one reference crop per target frame, same sample,
                                               >= min_reference_gap frames away, in [-1, 1]
+                                              (uint8 until `finish_batch`)
 ``target_index``      (B, F) int64            frame indices of the targets within the sample
 ``reference_index``   (B, F) int64            frame indices of the references within the sample
 ``mouth_box``         (B, F, 4) f32           MuseTalk's mouth box: lips 48-66 x extent +- 10 px
@@ -25,12 +27,22 @@ key                   shape, dtype            meaning
 ``audio_wav``         (B, W x 480000) f32     wav mode: the sample's audio context (its source's
                                               30 s windows, aligned to the source's time 0),
                                               zero padded to W windows, W the batch's largest
+                                              (until `finish_batch`: padded to the batch's
+                                              longest context only)
 ``audio_context``     (B, 3) int64            wav mode: per sample the first row of its steps in
                                               the W x 1500 encoder states, their number, and the
                                               `audio_windows` start frame of the clip
 ``mel``               (B, 80, ceil(3.2 F)) f32  sync_mel only: log-mel of the clip's audio in
                                               [-4, 4] (52 frames for F = 16), see `log_mel`
 ====================  ======================  ===================================================
+
+The loader (`collate`, in the DataLoader's workers) yields the images as uint8 and the context
+audio unpadded; `finish_batch`, which `TrainingModule.forward` calls on the batch's device,
+converts them to the contract above (the same float32 values: tests/test_training_data.py). So
+the workers and the pinned-memory copy move a quarter of the image bytes and no padding: with 2
+workers, stage 1 (F 1, batch 32) went from 111 MB per batch to about a third of that and from
+0.25 to 0.38 of the JPEG ceiling (bench/train_data.py). Code iterating a loader itself calls
+`finish_batch(batch)` for the float contract.
 
 Audio: one definition with inference (`musetalk.audio.context`): a frame sees the Whisper
 states of its source's audio encoded in 30 s windows aligned to the source's time 0. With cached
@@ -45,11 +57,10 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
@@ -68,6 +79,7 @@ __all__ = [
     "ClipOptions",
     "collate",
     "context_audio_windows",
+    "finish_batch",
     "make_clips",
     "train_clips",
     "val_clips",
@@ -277,31 +289,25 @@ def make_clips(
     return clips
 
 
-#: uint8 -> [-1, 1]: the float32 values of `x / 127.5 - 1` computed by torch (one table lookup
-#: per pixel instead of a conversion and two passes; tests compare them).
-_TO_UNIT = torch.arange(256, dtype=torch.float32).div_(127.5).sub_(1.0).numpy()
-
-
 def _images(items: Sequence[dict[str, Any]], name: str) -> torch.Tensor:
-    """(B, F, 3, S, S) float32 in [-1, 1] of the items' (F, S, S, 3) uint8 images."""
+    """(B, F, 3, S, S) uint8 of the items' (F, S, S, 3) uint8 images."""
     first = items[0][name]
     planar = np.empty((len(items), first.shape[0], 3, *first.shape[1:3]), np.uint8)
     for b, item in enumerate(items):
         planar[b] = item[name].transpose(0, 3, 1, 2)
-    values = cv2.LUT(planar.reshape(-1, planar.shape[-1]), _TO_UNIT)
-    return torch.from_numpy(values.reshape(planar.shape))
+    return torch.from_numpy(planar)
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack numpy clip items into the batch contract (torch tensors, images in [-1, 1])."""
+    """Stack numpy clip items into a batch: the batch contract with uint8 images and the
+    context audio padded to the batch's longest only (`finish_batch` completes it)."""
     batch: dict[str, Any] = {"key": [item["key"] for item in items]}
     for name in items[0]:
         if name == "key":
             continue
         if name == "audio_wav":
             longest = max(len(item[name]) for item in items)
-            windows = -(-longest // WINDOW_SAMPLES)
-            wav = np.zeros((len(items), windows * WINDOW_SAMPLES), dtype=np.float32)
+            wav = np.zeros((len(items), longest), dtype=np.float32)
             for b, item in enumerate(items):
                 wav[b, : len(item[name])] = item[name]
             batch[name] = torch.from_numpy(wav)
@@ -311,6 +317,22 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
             continue
         batch[name] = torch.from_numpy(np.stack([item[name] for item in items]))
     return batch
+
+
+def finish_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The batch contract of a `collate`d batch, on whatever device it is: uint8 images ->
+    float32 `x / 127.5 - 1` in [-1, 1], `audio_wav` zero padded to whole 30 s windows. A
+    finished batch comes back unchanged (float images, whole windows), so calling it twice is
+    harmless."""
+    out = dict(batch)
+    for name in IMAGE_FIELDS:
+        images = out.get(name)
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+            out[name] = images.to(torch.float32).div_(127.5).sub_(1.0)
+    wav = out.get("audio_wav")
+    if isinstance(wav, torch.Tensor) and wav.shape[-1] % WINDOW_SAMPLES:
+        out["audio_wav"] = torch.nn.functional.pad(wav, (0, -wav.shape[-1] % WINDOW_SAMPLES))
+    return out
 
 
 def train_clips(

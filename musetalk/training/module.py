@@ -43,7 +43,7 @@ from musetalk.losses import AdversarialLoss, SyncLoss
 from musetalk.models import decode, encode, load_unet, mask_lower_half, unet_input
 from musetalk.models.export import read_training_info
 from musetalk.models.unet import read_weights
-from musetalk.training.clips import context_audio_windows
+from musetalk.training.clips import context_audio_windows, finish_batch
 
 __all__ = ["MuseTalkModule"]
 
@@ -222,6 +222,7 @@ class MuseTalkModule(L.LightningModule):
     def audio_tokens(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """(B * F, 10 L, d) UNet conditioning of a batch (cached windows, or Whisper on the
         batch's 30 s audio), with the positional encoding when configured."""
+        batch = finish_batch(batch)
         if "audio" in batch:
             tokens = batch["audio"]
         elif "audio_wav" in batch:
@@ -237,7 +238,9 @@ class MuseTalkModule(L.LightningModule):
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Predict the batch's targets: {"pred", "target", "reference", "masked"}, each
-        (B * F, 3, S, S) in about [-1, 1] ("pred" carries gradients to the UNet)."""
+        (B * F, 3, S, S) in about [-1, 1] ("pred" carries gradients to the UNet). The batch is
+        the loader's (uint8 images, finished here on its device) or already finished."""
+        batch = finish_batch(batch)
         target = batch["target"].flatten(0, 1)
         reference = batch["reference"].flatten(0, 1)
         masked = mask_lower_half(target)
