@@ -39,10 +39,9 @@ key                   shape, dtype            meaning
 The loader (`collate`, in the DataLoader's workers) yields the images as uint8 and the context
 audio unpadded; `finish_batch`, which `TrainingModule.forward` calls on the batch's device,
 converts them to the contract above (the same float32 values: tests/test_training_data.py). So
-the workers and the pinned-memory copy move a quarter of the image bytes and no padding: with 2
-workers, stage 1 (F 1, batch 32) went from 111 MB per batch to about a third of that and from
-0.25 to 0.38 of the JPEG ceiling (bench/train_data.py). Code iterating a loader itself calls
-`finish_batch(batch)` for the float contract.
+the workers and the pinned-memory copy move a quarter of the image bytes and no padding: a
+stage-1 batch (F 1, batch 32, wav mode) carries 33 MB instead of 111 (bench/train_data.py).
+Code iterating a loader itself calls `finish_batch(batch)` for the float contract.
 
 Audio: one definition with inference (`musetalk.audio.context`): a frame sees the Whisper
 states of its source's audio encoded in 30 s windows aligned to the source's time 0. With cached
