@@ -37,7 +37,7 @@ key                   shape, dtype            meaning
 ====================  ======================  ===================================================
 
 The loader (`collate`, in the DataLoader's workers) yields the images as uint8 and the context
-audio unpadded; `finish_batch`, which `TrainingModule.forward` calls on the batch's device,
+audio unpadded; `finish_batch`, which `MuseTalkModule.forward` calls on the batch's device,
 converts them to the contract above (the same float32 values: tests/test_training_data.py). So
 the workers and the pinned-memory copy move a quarter of the image bytes and no padding: a
 stage-1 batch (F 1, batch 32, wav mode) carries 33 MB instead of 111 (bench/train_data.py).
